@@ -1,0 +1,23 @@
+"""batchgrad: minibatch gradient descent with a Rust tape autodiff core.
+
+    import batchgrad as bg
+    x = bg.tensor([[1.0, 2.0]], requires_grad=True)
+    loss = (x @ bg.ones(2, 1)).sum()
+    loss.backward()
+"""
+
+from . import _core
+from .tensor import *  # noqa: F403
+from .tensor import __all__ as _tensor_all
+from . import data, datasets
+from .io import load, save
+
+__version__ = "0.1.0"
+
+
+def op_table() -> list[dict]:
+    """The op registry: name, arity, what each op saves for backward, whether it is differentiable."""
+    return _core.op_table()
+
+
+__all__ = list(_tensor_all) + ["data", "datasets", "save", "load", "op_table"]

@@ -1,0 +1,622 @@
+"""The user-facing `Tensor` and the op functions.
+
+Every op here is one call into the Rust registry (`_core.apply(name, inputs, attrs)`) or a
+composition of such calls; no gradient is defined in Python.
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import functools
+import numbers
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from . import _core
+
+__all__ = [
+    "Tensor", "tensor", "as_tensor", "zeros", "ones", "full", "zeros_like", "ones_like", "randn", "rand", "arange",
+    "no_grad", "enable_grad", "is_grad_enabled", "set_num_threads", "get_num_threads",
+    "exp", "log", "sqrt", "tanh", "sigmoid", "relu", "abs", "sign", "maximum", "minimum", "clip", "where",
+    "sum", "mean", "max", "reshape", "transpose", "broadcast_to", "concatenate", "stack", "matmul",
+    "softmax", "log_softmax", "logsumexp", "take", "square", "pow",
+]
+
+_Scalar = (numbers.Number, np.number, np.bool_)
+
+
+def _op(name: str, *xs: "Tensor", **attrs: Any) -> "Tensor":
+    return Tensor(_core.apply(name, [x._v for x in xs], attrs or None))
+
+
+def _var(x: Any) -> Any:
+    """A `_core.Var` for a Tensor, a Python/numpy scalar, or array-like data."""
+    if isinstance(x, Tensor):
+        return x._v
+    if isinstance(x, _Scalar) and not isinstance(x, (complex, np.complexfloating)):
+        return _core.scalar(float(x))
+    return tensor(x)._v
+
+
+def _t(x: Any) -> "Tensor":
+    return x if isinstance(x, Tensor) else Tensor(_var(x))
+
+
+def _axes(axis: int | Sequence[int] | None) -> list[int]:
+    if axis is None:
+        return []
+    if isinstance(axis, (int, np.integer)):
+        return [int(axis)]
+    return [int(a) for a in axis]
+
+
+class Tensor:
+    """A float32 n-d array on the autodiff tape.
+
+    >>> x = bg.tensor([1.0, 2.0, 3.0], requires_grad=True)
+    >>> (x * x).sum().backward()
+    >>> x.grad.numpy()
+    array([2., 4., 6.], dtype=float32)
+    """
+
+    __slots__ = ("_v", "_bool", "__weakref__")
+    __array_ufunc__ = None  # numpy defers to our reflected operators (np_array + tensor -> Tensor)
+    __array_priority__ = 1000
+
+    def __init__(self, v: Any, is_bool: bool = False) -> None:
+        if not isinstance(v, _core.Var):
+            raise TypeError("Tensor() wraps an internal handle; use batchgrad.tensor(data) to create a tensor")
+        self._v = v
+        self._bool = is_bool
+
+    # ---- attributes -------------------------------------------------------------------------
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self._v.shape)
+
+    @property
+    def ndim(self) -> int:
+        return len(self._v.shape)
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self._v.shape, dtype=np.int64))
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(np.bool_) if self._bool else np.dtype(np.float32)
+
+    @property
+    def requires_grad(self) -> bool:
+        return self._v.requires_grad
+
+    @requires_grad.setter
+    def requires_grad(self, on: bool) -> None:
+        self._v.set_requires_grad(bool(on))
+
+    def requires_grad_(self, on: bool = True) -> "Tensor":
+        self.requires_grad = on
+        return self
+
+    @property
+    def is_leaf(self) -> bool:
+        return self._v.is_leaf
+
+    @property
+    def grad_fn(self) -> str | None:
+        """Name of the registry op that produced this tensor (None for leaves)."""
+        return self._v.op
+
+    @property
+    def grad(self) -> "Tensor | None":
+        g = self._v.grad
+        return None if g is None else Tensor(g)
+
+    @grad.setter
+    def grad(self, g: "Tensor | None") -> None:
+        self._v.set_grad(None if g is None else _t(g)._v)
+
+    def zero_grad(self) -> None:
+        """Drop the accumulated gradient (PyTorch's set_to_none behaviour)."""
+        self._v.set_grad(None)
+
+    def backward(self, grad: Any = None, retain_graph: bool = False) -> None:
+        """Accumulate d self / d leaf into every leaf's `.grad` (scalar self, or pass `grad`)."""
+        self._v.backward(None if grad is None else _t(grad)._v, retain_graph)
+
+    def detach(self) -> "Tensor":
+        return Tensor(self._v.detach(), self._bool)
+
+    def numpy(self) -> np.ndarray:
+        """The values as a float32 numpy array (a read-only view, no copy; bool for masks)."""
+        a = self._v.numpy()
+        return a.astype(np.bool_) if self._bool else a
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        a = self.numpy()
+        return a if dtype is None else a.astype(dtype)
+
+    def item(self) -> float | bool:
+        v = self._v.item()
+        return bool(v) if self._bool else float(v)
+
+    def tolist(self) -> Any:
+        return self.numpy().tolist()
+
+    def __len__(self) -> int:
+        if self.ndim == 0:
+            raise TypeError("len() of a 0-d tensor")
+        return self.shape[0]
+
+    def __iter__(self):
+        for i in range(len(self)):
+            yield self[i]
+
+    def __bool__(self) -> bool:
+        if self.size != 1:
+            raise ValueError(f"the truth value of a tensor of shape {self.shape} is ambiguous; use .any()/.all() or bg.where")
+        return bool(self._v.item())
+
+    def __float__(self) -> float:
+        return float(self.item())
+
+    def __int__(self) -> int:
+        return int(self.item())
+
+    def __hash__(self) -> int:
+        return id(self)
+
+    def __repr__(self) -> str:
+        body = np.array2string(self.numpy(), separator=", ", prefix="tensor(")
+        extra = ""
+        if self.grad_fn is not None:
+            extra = f", grad_fn={self.grad_fn}"
+        elif self.requires_grad:
+            extra = ", requires_grad=True"
+        return f"tensor({body}{extra})"
+
+    # ---- arithmetic -------------------------------------------------------------------------
+    def __add__(self, o: Any) -> "Tensor": return _op("add", self, _t(o))
+    def __radd__(self, o: Any) -> "Tensor": return _op("add", _t(o), self)
+    def __sub__(self, o: Any) -> "Tensor": return _op("sub", self, _t(o))
+    def __rsub__(self, o: Any) -> "Tensor": return _op("sub", _t(o), self)
+    def __mul__(self, o: Any) -> "Tensor": return _op("mul", self, _t(o))
+    def __rmul__(self, o: Any) -> "Tensor": return _op("mul", _t(o), self)
+    def __truediv__(self, o: Any) -> "Tensor": return _op("div", self, _t(o))
+    def __rtruediv__(self, o: Any) -> "Tensor": return _op("div", _t(o), self)
+    def __neg__(self) -> "Tensor": return _op("neg", self)
+    def __pos__(self) -> "Tensor": return self
+    def __abs__(self) -> "Tensor": return _op("abs", self)
+    def __matmul__(self, o: Any) -> "Tensor": return matmul(self, o)
+    def __rmatmul__(self, o: Any) -> "Tensor": return matmul(o, self)
+
+    def __pow__(self, p: Any) -> "Tensor":
+        return pow(self, p)
+
+    def __rpow__(self, b: Any) -> "Tensor":
+        return exp(self * float(np.log(float(b)))) if isinstance(b, _Scalar) else pow(_t(b), self)
+
+    # comparisons give boolean masks
+    def _cmp(self, name: str, o: Any) -> "Tensor":
+        return Tensor(_core.apply(name, [self._v, _var(o)], None), True)
+
+    def __lt__(self, o: Any) -> "Tensor": return self._cmp("lt", o)
+    def __le__(self, o: Any) -> "Tensor": return self._cmp("le", o)
+    def __gt__(self, o: Any) -> "Tensor": return self._cmp("gt", o)
+    def __ge__(self, o: Any) -> "Tensor": return self._cmp("ge", o)
+    def __eq__(self, o: Any) -> "Tensor": return self._cmp("eq", o)  # type: ignore[override]
+    def __ne__(self, o: Any) -> "Tensor": return self._cmp("ne", o)  # type: ignore[override]
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        raise TypeError("batchgrad tensors are immutable: build a new one, e.g. with bg.where(mask, value, x)")
+
+    def __getitem__(self, key: Any) -> "Tensor":
+        return _getitem(self, key)
+
+    # ---- methods mirroring the module functions ---------------------------------------------
+    def exp(self) -> "Tensor": return exp(self)
+    def log(self) -> "Tensor": return log(self)
+    def sqrt(self) -> "Tensor": return sqrt(self)
+    def tanh(self) -> "Tensor": return tanh(self)
+    def sigmoid(self) -> "Tensor": return sigmoid(self)
+    def relu(self) -> "Tensor": return relu(self)
+    def abs(self) -> "Tensor": return abs(self)
+    def sign(self) -> "Tensor": return sign(self)
+    def square(self) -> "Tensor": return square(self)
+    def clip(self, lo: Any = None, hi: Any = None) -> "Tensor": return clip(self, lo, hi)
+    def sum(self, axis: Any = None, keepdims: bool = False) -> "Tensor": return sum(self, axis, keepdims)
+    def mean(self, axis: Any = None, keepdims: bool = False) -> "Tensor": return mean(self, axis, keepdims)
+    def max(self, axis: Any = None, keepdims: bool = False) -> "Tensor": return max(self, axis, keepdims)
+    def softmax(self, axis: int = -1) -> "Tensor": return softmax(self, axis)
+    def log_softmax(self, axis: int = -1) -> "Tensor": return log_softmax(self, axis)
+    def logsumexp(self, axis: Any = None, keepdims: bool = False) -> "Tensor": return logsumexp(self, axis, keepdims)
+    def broadcast_to(self, shape: Sequence[int]) -> "Tensor": return broadcast_to(self, shape)
+
+    def reshape(self, *shape: Any) -> "Tensor":
+        if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
+            shape = tuple(shape[0])
+        return reshape(self, shape)
+
+    def transpose(self, *axes: Any) -> "Tensor":
+        if len(axes) == 1 and (axes[0] is None or isinstance(axes[0], (tuple, list))):
+            axes = axes[0]
+        return transpose(self, axes or None)
+
+    @property
+    def T(self) -> "Tensor":
+        return transpose(self)
+
+    def any(self) -> bool:
+        return bool(np.any(self.numpy()))
+
+    def all(self) -> bool:
+        return bool(np.all(self.numpy()))
+
+
+# ---- construction -------------------------------------------------------------------------------
+def tensor(data: Any, requires_grad: bool = False) -> Tensor:
+    """A new float32 tensor from a numpy array, nested lists or a scalar (data is copied)."""
+    if isinstance(data, Tensor):
+        return Tensor(_core.from_numpy(np.ascontiguousarray(data.numpy(), np.float32), requires_grad), data._bool)
+    try:
+        arr = np.asarray(data)
+    except ValueError as e:
+        raise ValueError(f"bg.tensor: cannot build a tensor from ragged or malformed data: {e}") from None
+    if arr.dtype.kind not in "biuf":
+        raise TypeError(f"bg.tensor: expected numbers (bool, int or float), got an array of dtype {arr.dtype}")
+    is_bool = arr.dtype.kind == "b"
+    arr = np.ascontiguousarray(arr, dtype=np.float32)
+    return Tensor(_core.from_numpy(arr, bool(requires_grad)), is_bool)
+
+
+def as_tensor(data: Any) -> Tensor:
+    """`data` itself if it is already a Tensor, else `tensor(data)`."""
+    return data if isinstance(data, Tensor) else tensor(data)
+
+
+def _shape(shape: tuple) -> tuple[int, ...]:
+    if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
+        shape = tuple(shape[0])
+    out = tuple(int(s) for s in shape)
+    if any(s < 0 for s in out):
+        raise ValueError(f"negative dimensions are not allowed, got shape {out}")
+    return out
+
+
+def _filled(shape: tuple[int, ...], value: float, requires_grad: bool) -> Tensor:
+    n = int(np.prod(shape, dtype=np.float64))
+    if n * 4 > 2**62:
+        raise MemoryError(f"cannot allocate a tensor of shape {shape}: too large")
+    try:
+        arr = np.full(shape, value, dtype=np.float32)
+    except (MemoryError, ValueError) as e:
+        raise MemoryError(f"cannot allocate a tensor of shape {shape}: {e}") from None
+    return Tensor(_core.from_numpy(arr, requires_grad))
+
+
+def zeros(*shape: Any, requires_grad: bool = False) -> Tensor:
+    return _filled(_shape(shape), 0.0, requires_grad)
+
+
+def ones(*shape: Any, requires_grad: bool = False) -> Tensor:
+    return _filled(_shape(shape), 1.0, requires_grad)
+
+
+def full(shape: Sequence[int], value: float, requires_grad: bool = False) -> Tensor:
+    return _filled(_shape((shape,)), float(value), requires_grad)
+
+
+def zeros_like(x: Tensor, requires_grad: bool = False) -> Tensor:
+    return zeros(x.shape, requires_grad=requires_grad)
+
+
+def ones_like(x: Tensor, requires_grad: bool = False) -> Tensor:
+    return ones(x.shape, requires_grad=requires_grad)
+
+
+def randn(*shape: Any, seed: int | None = None, requires_grad: bool = False) -> Tensor:
+    """Standard normal samples from numpy's PCG64 generator seeded with `seed`."""
+    rng = np.random.default_rng(seed)
+    return Tensor(_core.from_numpy(rng.standard_normal(_shape(shape), dtype=np.float32), requires_grad))
+
+
+def rand(*shape: Any, seed: int | None = None, requires_grad: bool = False) -> Tensor:
+    """Uniform [0, 1) samples from numpy's PCG64 generator seeded with `seed`."""
+    rng = np.random.default_rng(seed)
+    return Tensor(_core.from_numpy(rng.random(_shape(shape), dtype=np.float32), requires_grad))
+
+
+def arange(start: float, stop: float | None = None, step: float = 1, requires_grad: bool = False) -> Tensor:
+    """numpy.arange as float32."""
+    a = np.arange(start, stop, step) if stop is not None else np.arange(start)
+    return Tensor(_core.from_numpy(a.astype(np.float32), requires_grad))
+
+
+# ---- grad mode and threads ---------------------------------------------------------------------
+class _GradMode(contextlib.ContextDecorator):
+    def __init__(self, on: bool) -> None:
+        self.on = on
+        self.prev: list[bool] = []
+
+    def __enter__(self) -> None:
+        self.prev.append(_core.set_grad_enabled(self.on))
+
+    def __exit__(self, *exc: Any) -> None:
+        _core.set_grad_enabled(self.prev.pop())
+
+
+def no_grad() -> _GradMode:
+    """Context manager / decorator: ops inside record nothing on the tape."""
+    return _GradMode(False)
+
+
+def enable_grad() -> _GradMode:
+    return _GradMode(True)
+
+
+def is_grad_enabled() -> bool:
+    return _core.is_grad_enabled()
+
+
+def set_num_threads(n: int) -> None:
+    """Threads used by the CPU kernels (also set by the BATCHGRAD_NUM_THREADS variable)."""
+    if not isinstance(n, (int, np.integer)) or n < 1:
+        raise ValueError(f"set_num_threads: n must be a positive integer, got {n!r}")
+    _core.set_num_threads(int(n))
+
+
+def get_num_threads() -> int:
+    return _core.get_num_threads()
+
+
+# ---- elementwise ------------------------------------------------------------------------------
+def _unary(name: str) -> Any:
+    def f(x: Any) -> Tensor:
+        return _op(name, _t(x))
+    f.__name__ = name
+    f.__doc__ = f"Elementwise {name} (registry op '{name}')."
+    return f
+
+
+exp = _unary("exp")
+log = _unary("log")
+sqrt = _unary("sqrt")
+tanh = _unary("tanh")
+sigmoid = _unary("sigmoid")
+relu = _unary("relu")
+sign = _unary("sign")
+_abs = _unary("abs")
+
+
+def abs(x: Any) -> Tensor:  # noqa: A001 - numpy name
+    return _abs(x)
+
+
+def square(x: Any) -> Tensor:
+    return _op("pow_scalar", _t(x), p=2.0)
+
+
+def pow(x: Any, p: Any) -> Tensor:  # noqa: A001 - numpy name
+    """x ** p; a scalar p is one registry op, a tensor p is exp(p * log x) (x > 0)."""
+    if isinstance(p, _Scalar):
+        return _op("pow_scalar", _t(x), p=float(p))
+    return exp(_t(p) * log(x))
+
+
+def maximum(a: Any, b: Any) -> Tensor:
+    return _op("maximum", _t(a), _t(b))
+
+
+def minimum(a: Any, b: Any) -> Tensor:
+    return _op("minimum", _t(a), _t(b))
+
+
+def clip(x: Any, lo: Any = None, hi: Any = None) -> Tensor:
+    """numpy.clip with scalar bounds; None leaves that side open."""
+    if lo is None and hi is None:
+        raise ValueError("clip: one of lo or hi must be given")
+    if isinstance(lo, Tensor) or isinstance(hi, Tensor):
+        out = _t(x)
+        if lo is not None:
+            out = maximum(out, lo)
+        if hi is not None:
+            out = minimum(out, hi)
+        return out
+    return _op("clip", _t(x), lo=-np.inf if lo is None else float(lo), hi=np.inf if hi is None else float(hi))
+
+
+def where(cond: Any, a: Any, b: Any) -> Tensor:
+    """Pick `a` where `cond` is true (nonzero), else `b`; numpy broadcasting."""
+    return _op("where", _t(cond), _t(a), _t(b))
+
+
+# ---- reductions -------------------------------------------------------------------------------
+def _reduce(name: str, x: Any, axis: Any, keepdims: bool) -> Tensor:
+    x = _t(x)
+    if axis is not None and not isinstance(axis, (int, np.integer)) and len(axis) == 0:
+        return reshape(x, x.shape)  # numpy: axis=() reduces nothing
+    return _op(name, x, axes=_axes(axis), keepdims=bool(keepdims))
+
+
+def sum(x: Any, axis: Any = None, keepdims: bool = False) -> Tensor:  # noqa: A001
+    return _reduce("sum", x, axis, keepdims)
+
+
+def mean(x: Any, axis: Any = None, keepdims: bool = False) -> Tensor:
+    return _reduce("mean", x, axis, keepdims)
+
+
+def max(x: Any, axis: Any = None, keepdims: bool = False) -> Tensor:  # noqa: A001
+    return _reduce("max", x, axis, keepdims)
+
+
+def logsumexp(x: Any, axis: Any = None, keepdims: bool = False) -> Tensor:
+    """log(sum(exp(x))) over axes, stable for large |x|."""
+    return _reduce("logsumexp", x, axis, keepdims)
+
+
+def softmax(x: Any, axis: int = -1) -> Tensor:
+    return _op("softmax", _t(x), axis=int(axis))
+
+
+def log_softmax(x: Any, axis: int = -1) -> Tensor:
+    return _op("log_softmax", _t(x), axis=int(axis))
+
+
+# ---- movement ----------------------------------------------------------------------------------
+def reshape(x: Any, shape: Any) -> Tensor:
+    if isinstance(shape, (int, np.integer)):
+        shape = (shape,)
+    return _op("reshape", _t(x), shape=[int(s) for s in shape])
+
+
+def transpose(x: Any, axes: Sequence[int] | None = None) -> Tensor:
+    return _op("transpose", _t(x), perm=_axes(axes))
+
+
+def broadcast_to(x: Any, shape: Sequence[int]) -> Tensor:
+    shape = (shape,) if isinstance(shape, (int, np.integer)) else shape
+    return _op("broadcast_to", _t(x), shape=[int(s) for s in shape])
+
+
+def concatenate(xs: Sequence[Any], axis: int = 0) -> Tensor:
+    if len(xs) == 0:
+        raise ValueError("concatenate: need at least one tensor")
+    return Tensor(_core.apply("concatenate", [_var(x) for x in xs], {"axis": int(axis)}))
+
+
+def stack(xs: Sequence[Any], axis: int = 0) -> Tensor:
+    if len(xs) == 0:
+        raise ValueError("stack: need at least one tensor")
+    return Tensor(_core.apply("stack", [_var(x) for x in xs], {"axis": int(axis)}))
+
+
+def take(x: Any, indices: Any, axis: int = 0) -> Tensor:
+    """Gather along `axis` with an integer array (negative and repeated indices allowed)."""
+    idx = np.asarray(indices.numpy() if isinstance(indices, Tensor) else indices)
+    if idx.dtype.kind not in "iu" and not (idx.dtype.kind == "f" and np.all(np.mod(idx, 1) == 0)):
+        raise IndexError(f"take: indices must be integers, got dtype {idx.dtype}")
+    flat = idx.astype(np.int64).reshape(-1)
+    x = _t(x)
+    out = _op("take", x, idx=flat.tolist(), axis=int(axis))
+    if idx.ndim != 1:
+        ax = axis % x.ndim
+        out = reshape(out, x.shape[:ax] + idx.shape + x.shape[ax + 1:])
+    return out
+
+
+def matmul(a: Any, b: Any) -> Tensor:
+    """numpy.matmul: 2-D, batched N-D with broadcast batch dims, and 1-D operands promoted."""
+    a, b = _t(a), _t(b)
+    if a.ndim == 0 or b.ndim == 0:
+        raise ValueError(f"matmul: scalar operands are not allowed (shapes {a.shape} and {b.shape}); use *")
+    va, vb = a.ndim == 1, b.ndim == 1
+    if va:
+        a = reshape(a, (1, a.shape[0]))
+    if vb:
+        b = reshape(b, (b.shape[0], 1))
+    out = _op("matmul", a, b)
+    if va or vb:
+        shp = out.shape
+        shp = shp[:-2] + (() if va else shp[-2:-1]) + (() if vb else shp[-1:])
+        out = reshape(out, shp)
+    return out
+
+
+# ---- indexing -----------------------------------------------------------------------------------
+def _getitem(x: Tensor, key: Any) -> Tensor:
+    if not isinstance(key, tuple):
+        key = (key,)
+    # a boolean mask over all leading dims: x[mask]
+    if len(key) == 1 and isinstance(key[0], (np.ndarray, Tensor, list)):
+        m = np.asarray(key[0].numpy() if isinstance(key[0], Tensor) and key[0]._bool else key[0])
+        if m.dtype == np.bool_:
+            if m.shape != x.shape[: m.ndim]:
+                raise IndexError(f"boolean index of shape {m.shape} does not match the indexed shape {x.shape[:m.ndim]}")
+            flat = reshape(x, (-1,) + x.shape[m.ndim:])
+            return take(flat, np.flatnonzero(m), axis=0)
+    n_real = len([k for k in key if k is not None and k is not Ellipsis])
+    if n_real > x.ndim:
+        raise IndexError(f"too many indices for tensor: tensor is {x.ndim}-dimensional, but {n_real} were indexed")
+    if builtins.sum(k is Ellipsis for k in key) > 1:
+        raise IndexError("an index can only have a single ellipsis ('...')")
+    expanded: list[Any] = []
+    for k in key:
+        if k is Ellipsis:
+            expanded.extend([slice(None)] * (x.ndim - n_real))
+        else:
+            expanded.append(k)
+    starts, steps, lens, out_shape = [], [], [], []
+    advanced: tuple[int, np.ndarray] | None = None  # (output axis, index array)
+    int_pos, adv_pos = [], -1
+    dim = 0
+    for pos, k in enumerate(expanded):
+        if k is None:
+            out_shape.append(1)
+            continue
+        size = x.shape[dim]
+        if isinstance(k, (bool, np.bool_)):
+            raise IndexError("boolean scalars are not supported as indices")
+        if isinstance(k, (int, np.integer)) or (isinstance(k, Tensor) and k.ndim == 0 and not k._bool):
+            i = int(k)
+            if not -size <= i < size:
+                raise IndexError(f"index {i} is out of bounds for axis {dim} with size {size}")
+            starts.append(i % size)
+            steps.append(1)
+            lens.append(1)
+            int_pos.append(pos)
+        elif isinstance(k, slice):
+            s, e, st = k.indices(size)
+            n = len(range(s, e, st))
+            starts.append(s if n > 0 else 0)
+            steps.append(st)
+            lens.append(n)
+            out_shape.append(n)
+        else:
+            idx = np.asarray(k.numpy() if isinstance(k, Tensor) else k)
+            if idx.dtype == np.bool_:
+                if idx.ndim != 1 or idx.shape[0] != size:
+                    raise IndexError(f"boolean index of shape {idx.shape} does not match axis {dim} of size {size}")
+                idx = np.flatnonzero(idx)
+            if idx.dtype.kind == "f" and np.all(np.mod(idx, 1) == 0):
+                idx = idx.astype(np.int64)
+            if idx.dtype.kind not in "iu":
+                raise IndexError(f"only integers, slices, None, ellipsis and integer or boolean arrays are valid indices, got {k!r}")
+            if advanced is not None:
+                raise IndexError("only one integer-array index per indexing expression is supported")
+            starts.append(0)
+            steps.append(1)
+            lens.append(size)
+            advanced = (len(out_shape), idx)
+            adv_pos = pos
+            out_shape.append(size)
+        dim += 1
+    out = x
+    full = all(s == 0 and st == 1 and n == x.shape[d] for d, (s, st, n) in enumerate(zip(starts, steps, lens)))
+    if not full:
+        out = _op("slice", out, start=starts, step=steps, len=lens)
+    out_shape += list(x.shape[dim:])
+    if tuple(out_shape) != out.shape:
+        out = reshape(out, out_shape)
+    if advanced is not None:
+        ax, idx = advanced
+        out = take(out, idx, axis=ax)
+        moved = bool(int_pos) and not _adjacent(sorted(int_pos + [adv_pos]))
+        if moved and ax != 0:
+            nd = out.ndim
+            k = idx.ndim
+            perm = list(range(ax, ax + k)) + [d for d in range(nd) if not ax <= d < ax + k]
+            out = transpose(out, perm)
+    return out
+
+
+def _adjacent(ps: list[int]) -> bool:
+    return all(b == a + 1 for a, b in zip(ps, ps[1:]))
+
+
+@functools.lru_cache(maxsize=None)
+def op_names() -> tuple[str, ...]:
+    return tuple(d["name"] for d in _core.op_table())

@@ -1,0 +1,65 @@
+//! Batched float32 matmul through the `gemm` crate (packed, register-blocked micro-kernels with
+//! run-time AVX-512 / AVX2+FMA / scalar dispatch). Transposed operands are read through strides,
+//! never materialised.
+use gemm::{gemm, Parallelism};
+use rayon::prelude::*;
+
+use super::{num_threads, pool};
+use crate::error::Result;
+use crate::tensor::alloc;
+
+/// One operand: buffer, and for each batch the element offset of its matrix.
+pub struct Operand<'a> {
+    pub data: &'a [f32],
+    /// rows, cols of the stored (untransposed) matrix
+    pub rows: usize,
+    pub cols: usize,
+    pub trans: bool,
+}
+
+/// C[b] = op(A)[b] @ op(B)[b] for each batch b; offsets give each operand's matrix start.
+pub fn matmul(a: &Operand, b: &Operand, a_off: &[usize], b_off: &[usize], m: usize, k: usize, n: usize) -> Result<Vec<f32>> {
+    let batch = a_off.len();
+    let mut out = alloc(batch * m * n)?;
+    if m * n == 0 {
+        return Ok(out);
+    }
+    // strides (row stride, col stride) of op(X) as an (r x c) matrix
+    let st = |x: &Operand| -> (isize, isize) {
+        if x.trans { (1, x.cols as isize) } else { (x.cols as isize, 1) }
+    };
+    let (a_rs, a_cs) = st(a);
+    let (b_rs, b_cs) = st(b);
+    let flops = 2 * m * n * k;
+    let one = |dst: &mut [f32], ao: usize, bo: usize, par: Parallelism| unsafe {
+        gemm(
+            m, n, k,
+            dst.as_mut_ptr(), 1, n as isize, false,
+            a.data.as_ptr().add(ao), a_cs, a_rs,
+            b.data.as_ptr().add(bo), b_cs, b_rs,
+            0.0f32, 1.0f32, false, false, false, par,
+        )
+    };
+    if k == 0 {
+        return Ok(out);
+    }
+    let threads = num_threads();
+    let small = flops < (1 << 18);
+    if threads <= 1 || (small && batch == 1) {
+        for (i, dst) in out.chunks_mut(m * n).enumerate() {
+            one(dst, a_off[i], b_off[i], Parallelism::None);
+        }
+    } else if batch >= threads * 2 && m * n * k <= (1 << 21) {
+        // many small matrices: one thread per matrix
+        pool().install(|| {
+            out.par_chunks_mut(m * n).enumerate().for_each(|(i, dst)| one(dst, a_off[i], b_off[i], Parallelism::None));
+        });
+    } else {
+        pool().install(|| {
+            for (i, dst) in out.chunks_mut(m * n).enumerate() {
+                one(dst, a_off[i], b_off[i], Parallelism::Rayon(threads));
+            }
+        });
+    }
+    Ok(out)
+}

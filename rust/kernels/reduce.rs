@@ -1,0 +1,215 @@
+//! Reductions over an (outer, red, inner) layout, and row-wise softmax / logsumexp.
+//! Every output element is accumulated in a fixed order, so results do not depend on the
+//! number of threads.
+use rayon::prelude::*;
+
+use super::maybe_par;
+use crate::bail;
+use crate::error::Result;
+use crate::tensor::alloc;
+
+const BLOCK: usize = 4096;
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Reduce {
+    Sum,
+    Max,
+}
+
+/// Sum of a contiguous slice: 8 f32 lanes per block of 4096, block partials added in f64.
+fn block_sum(x: &[f32]) -> f32 {
+    let mut lanes = [0f32; 8];
+    let mut it = x.chunks_exact(8);
+    for c in &mut it {
+        for k in 0..8 {
+            lanes[k] += c[k];
+        }
+    }
+    let mut s = ((lanes[0] + lanes[4]) + (lanes[1] + lanes[5])) + ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7]));
+    for &v in it.remainder() {
+        s += v;
+    }
+    s
+}
+
+fn sum_contig(x: &[f32], par: bool) -> f32 {
+    if x.len() <= BLOCK {
+        return block_sum(x);
+    }
+    let partial: Vec<f64> = if par {
+        x.par_chunks(BLOCK).map(|c| block_sum(c) as f64).collect()
+    } else {
+        x.chunks(BLOCK).map(|c| block_sum(c) as f64).collect()
+    };
+    partial.iter().sum::<f64>() as f32
+}
+
+#[inline]
+fn nan_max(m: f32, v: f32) -> f32 {
+    if v > m || v.is_nan() { v } else { m }
+}
+
+fn max_contig(x: &[f32]) -> f32 {
+    let mut m = f32::NEG_INFINITY;
+    for &v in x {
+        if v.is_nan() {
+            return f32::NAN;
+        }
+        m = nan_max(m, v);
+    }
+    m
+}
+
+/// Reduce `x` laid out as (outer, red, inner) over the middle axis -> (outer, inner).
+pub fn reduce3(x: &[f32], outer: usize, red: usize, inner: usize, kind: Reduce) -> Result<Vec<f32>> {
+    if red == 0 && kind == Reduce::Max {
+        bail!(Value, "max: zero-size reduction has no identity (reduced axis of length 0)");
+    }
+    let mut out = alloc(outer * inner)?;
+    if outer * inner == 0 {
+        return Ok(out);
+    }
+    let work = outer * red * inner;
+    maybe_par(work, |par| {
+        if inner == 1 {
+            let f = |o: usize| -> f32 {
+                let row = &x[o * red..(o + 1) * red];
+                match kind {
+                    Reduce::Sum => sum_contig(row, par && outer < 4),
+                    Reduce::Max => max_contig(row),
+                }
+            };
+            if par && outer >= 4 {
+                out.par_iter_mut().enumerate().for_each(|(o, v)| *v = f(o));
+            } else {
+                out.iter_mut().enumerate().for_each(|(o, v)| *v = f(o));
+            }
+        } else {
+            // out[o, :] accumulates rows x[o, r, :] in order r = 0..red.
+            let col_chunk = 1024usize;
+            let body = |o: usize, c0: usize, dst: &mut [f32]| {
+                let w = dst.len();
+                let first = &x[o * red * inner + c0..o * red * inner + c0 + w];
+                dst.copy_from_slice(first);
+                for r in 1..red {
+                    let src = &x[(o * red + r) * inner + c0..(o * red + r) * inner + c0 + w];
+                    match kind {
+                        Reduce::Sum => dst.iter_mut().zip(src).for_each(|(d, &s)| *d += s),
+                        Reduce::Max => dst.iter_mut().zip(src).for_each(|(d, &s)| {
+                            if s > *d || s.is_nan() {
+                                *d = s
+                            }
+                        }),
+                    }
+                }
+                if red == 0 {
+                    dst.iter_mut().for_each(|d| *d = 0.0);
+                }
+            };
+            if red == 0 {
+                return;
+            }
+            if par {
+                out.par_chunks_mut(inner).enumerate().for_each(|(o, row)| {
+                    row.par_chunks_mut(col_chunk).enumerate().for_each(|(c, dst)| body(o, c * col_chunk, dst));
+                });
+            } else {
+                out.chunks_mut(inner).enumerate().for_each(|(o, row)| body(o, 0, row));
+            }
+        }
+    });
+    Ok(out)
+}
+
+/// Row-wise over rows of length `n`: softmax (`log = false`) or log-softmax (`log = true`).
+pub fn softmax_rows(x: &[f32], n: usize, log: bool) -> Result<Vec<f32>> {
+    let mut out = alloc(x.len())?;
+    if n == 0 {
+        return Ok(out);
+    }
+    let row = |xr: &[f32], o: &mut [f32]| {
+        let m = max_contig(xr);
+        let m = if m.is_finite() { m } else if m.is_nan() { m } else { 0.0 };
+        if log {
+            let mut s = 0f32;
+            for &v in xr {
+                s += (v - m).exp();
+            }
+            let ls = s.ln() + m;
+            o.iter_mut().zip(xr).for_each(|(o, &v)| *o = v - ls);
+        } else {
+            let mut s = 0f32;
+            o.iter_mut().zip(xr).for_each(|(o, &v)| {
+                *o = (v - m).exp();
+                s += *o;
+            });
+            let inv = 1.0 / s;
+            o.iter_mut().for_each(|o| *o *= inv);
+        }
+    };
+    maybe_par(x.len(), |par| {
+        if par {
+            out.par_chunks_mut(n).zip(x.par_chunks(n)).for_each(|(o, xr)| row(xr, o));
+        } else {
+            out.chunks_mut(n).zip(x.chunks(n)).for_each(|(o, xr)| row(xr, o));
+        }
+    });
+    Ok(out)
+}
+
+/// Row-wise logsumexp over rows of length `n`.
+pub fn logsumexp_rows(x: &[f32], n: usize) -> Result<Vec<f32>> {
+    let rows = if n == 0 { 0 } else { x.len() / n };
+    let mut out = alloc(rows)?;
+    let f = |xr: &[f32]| -> f32 {
+        let m = max_contig(xr);
+        if m.is_nan() {
+            return m;
+        }
+        if m.is_infinite() {
+            return m; // all -inf -> -inf, any +inf -> +inf
+        }
+        let mut s = 0f32;
+        for &v in xr {
+            s += (v - m).exp();
+        }
+        s.ln() + m
+    };
+    maybe_par(x.len(), |par| {
+        if par {
+            out.par_iter_mut().zip(x.par_chunks(n.max(1))).for_each(|(o, xr)| *o = f(xr));
+        } else {
+            out.iter_mut().zip(x.chunks(n.max(1))).for_each(|(o, xr)| *o = f(xr));
+        }
+    });
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[test]
+    fn sums() {
+        let x: Vec<f32> = (0..24).map(|v| v as f32).collect();
+        // (2, 3, 4) reduce middle
+        let r = reduce3(&x, 2, 3, 4, Reduce::Sum).unwrap();
+        assert_eq!(r, vec![12.0, 15.0, 18.0, 21.0, 48.0, 51.0, 54.0, 57.0]);
+        let m = reduce3(&x, 1, 24, 1, Reduce::Max).unwrap();
+        assert_eq!(m, vec![23.0]);
+        let big: Vec<f32> = vec![1.0; 100_000];
+        assert_eq!(reduce3(&big, 1, 100_000, 1, Reduce::Sum).unwrap()[0], 100_000.0);
+    }
+    #[test]
+    fn nan_propagates_through_max() {
+        let x = vec![1.0, f32::NAN, 3.0];
+        assert!(reduce3(&x, 1, 3, 1, Reduce::Max).unwrap()[0].is_nan());
+    }
+    #[test]
+    fn softmax_is_stable() {
+        let x = vec![1e4f32, 0.0, -1e4];
+        let s = softmax_rows(&x, 3, false).unwrap();
+        assert_eq!(s, vec![1.0, 0.0, 0.0]);
+        let l = logsumexp_rows(&x, 3).unwrap();
+        assert_eq!(l, vec![1e4]);
+    }
+}

@@ -1,0 +1,18 @@
+//! batchgrad: float32 tensors, a tape-based reverse-mode autodiff over one op registry,
+//! batched CPU kernels, and fused optimizer updates. The Python layer lives in `py/`.
+
+pub mod error;
+pub mod kernels;
+pub mod ops;
+pub mod optim;
+pub mod shape;
+pub mod tape;
+pub mod tensor;
+
+pub use error::{Error, Result};
+pub use ops::Op;
+pub use tape::{no_grad, Var};
+pub use tensor::Tensor;
+
+#[cfg(feature = "python")]
+mod py;

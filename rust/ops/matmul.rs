@@ -1,0 +1,79 @@
+//! Batched matmul with numpy batch broadcasting; `ta`/`tb` read an operand transposed (no copy).
+//! C = op(A) op(B):  dop(A) = G op(B)^T,  dop(B) = op(A)^T G, each again one matmul.
+use crate::bail;
+use crate::error::Result;
+use crate::kernels::gemm::{self, Operand};
+use crate::shape::{broadcast_shapes, broadcast_strides, numel};
+use crate::tape::build::*;
+use crate::tape::Var;
+use crate::tensor::Tensor;
+
+/// (m, k) of op(X) for a stored matrix and its transpose flag
+fn dims(s: &[usize], t: bool) -> (usize, usize) {
+    let (r, c) = (s[s.len() - 2], s[s.len() - 1]);
+    if t { (c, r) } else { (r, c) }
+}
+
+pub fn out_shape(a: &[usize], b: &[usize], ta: bool, tb: bool) -> Result<(Vec<usize>, Vec<usize>, usize, usize, usize)> {
+    if a.len() < 2 || b.len() < 2 {
+        bail!(Shape, "matmul: operands must have at least 2 dimensions, got shapes {a:?} and {b:?}");
+    }
+    let (m, k) = dims(a, ta);
+    let (k2, n) = dims(b, tb);
+    if k != k2 {
+        bail!(Shape, "matmul: shapes {a:?} and {b:?} are not aligned: {k} (dim of a) != {k2} (dim of b)");
+    }
+    let batch = broadcast_shapes(&a[..a.len() - 2], &b[..b.len() - 2], "matmul")?;
+    let mut out = batch.clone();
+    out.extend([m, n]);
+    Ok((out, batch, m, k, n))
+}
+
+pub fn forward(a: &Tensor, b: &Tensor, ta: bool, tb: bool) -> Result<Tensor> {
+    let (out, batch, m, k, n) = out_shape(&a.shape, &b.shape, ta, tb)?;
+    let nb = numel(&batch);
+    // element offset of each batch's matrix in a and b (broadcast batch dims read offset 0)
+    let offsets = |s: &[usize]| -> Vec<usize> {
+        let bs = &s[..s.len() - 2];
+        let mat = s[s.len() - 2] * s[s.len() - 1];
+        let st = broadcast_strides(bs, &batch);
+        (0..nb)
+            .map(|mut i| {
+                let mut off = 0isize;
+                for d in (0..batch.len()).rev() {
+                    off += (i % batch[d]) as isize * st[d];
+                    i /= batch[d];
+                }
+                off as usize * mat
+            })
+            .collect()
+    };
+    let (ar, ac) = (a.shape[a.ndim() - 2], a.shape[a.ndim() - 1]);
+    let (br, bc) = (b.shape[b.ndim() - 2], b.shape[b.ndim() - 1]);
+    let data = gemm::matmul(
+        &Operand { data: a.data(), rows: ar, cols: ac, trans: ta },
+        &Operand { data: b.data(), rows: br, cols: bc, trans: tb },
+        &offsets(&a.shape),
+        &offsets(&b.shape),
+        m, k, n,
+    )?;
+    Tensor::new(data, out)
+}
+
+pub fn vjp(a: &Var, b: &Var, ta: bool, tb: bool, g: &Var) -> Result<Vec<Option<Var>>> {
+    let ga = if a.requires_grad() {
+        // ta=false: dA = G op(B)^T ; ta=true: dA = op(B) G^T
+        let d = if ta { matmul(b, g, tb, true)? } else { matmul(g, b, false, !tb)? };
+        Some(sum_to(&d, &a.shape())?)
+    } else {
+        None
+    };
+    let gb = if b.requires_grad() {
+        // tb=false: dB = op(A)^T G ; tb=true: dB = G^T op(A)
+        let d = if tb { matmul(g, a, true, ta)? } else { matmul(a, g, !ta, false)? };
+        Some(sum_to(&d, &b.shape())?)
+    } else {
+        None
+    };
+    Ok(vec![ga, gb])
+}

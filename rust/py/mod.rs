@@ -1,0 +1,342 @@
+//! PyO3 layer: argument conversion, `py.detach` around every kernel call, and error mapping.
+//! No logic lives here.
+use numpy::ndarray::{ArrayViewD, IxDyn};
+use numpy::{PyArrayDyn, PyReadonlyArrayDyn, PyUntypedArrayMethods};
+use pyo3::exceptions::{PyIndexError, PyMemoryError, PyRuntimeError, PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyList};
+use std::sync::Arc;
+
+use crate::error::Error;
+use crate::ops::{Attr, Op, TABLE};
+use crate::tape::program::{Program, Slot, SlotKind};
+use crate::tape::{self, Var};
+use crate::tensor::Tensor;
+
+mod optim;
+
+impl From<Error> for PyErr {
+    fn from(e: Error) -> PyErr {
+        match e {
+            Error::Shape(s) | Error::Value(s) => PyValueError::new_err(s),
+            Error::Index(s) => PyIndexError::new_err(s),
+            Error::Type(s) => PyTypeError::new_err(s),
+            Error::Memory(s) => PyMemoryError::new_err(s),
+            Error::Runtime(s) => PyRuntimeError::new_err(s),
+        }
+    }
+}
+
+/// Keeps a tensor buffer alive while numpy views it.
+#[pyclass(frozen)]
+struct Storage(#[allow(dead_code)] Arc<Vec<f32>>);
+
+/// A tensor on the tape (the Python `batchgrad.Tensor` wraps one).
+#[pyclass(name = "Var", module = "batchgrad._core", frozen)]
+pub struct PyVar(pub Var);
+
+fn wrap(v: Var) -> PyVar {
+    PyVar(v)
+}
+
+#[pymethods]
+impl PyVar {
+    #[getter]
+    fn shape(&self) -> Vec<usize> {
+        self.0.shape()
+    }
+    #[getter]
+    fn id(&self) -> u64 {
+        self.0.id()
+    }
+    #[getter]
+    fn requires_grad(&self) -> bool {
+        self.0.requires_grad()
+    }
+    fn set_requires_grad(&self, on: bool) -> PyResult<()> {
+        Ok(self.0.set_requires_grad(on)?)
+    }
+    #[getter]
+    fn is_leaf(&self) -> bool {
+        self.0.is_leaf()
+    }
+    /// Name of the op that produced this tensor, or None for a leaf.
+    #[getter]
+    fn op(&self) -> Option<&'static str> {
+        self.0.op_name()
+    }
+    /// A read-only numpy view of the buffer (no copy).
+    fn numpy<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
+        let t = self.0.value();
+        let view = ArrayViewD::from_shape(IxDyn(&t.shape), t.data()).map_err(|e| PyValueError::new_err(e.to_string()))?;
+        let owner = Bound::new(py, Storage(t.data.clone()))?.into_any();
+        // SAFETY: `owner` keeps the Arc'd buffer alive for the array's lifetime; buffers are never
+        // mutated while shared (copy-on-write), and the array is made read-only.
+        let arr = unsafe { PyArrayDyn::borrow_from_array(&view, owner) };
+        let kw = PyDict::new(py);
+        kw.set_item("write", false)?;
+        arr.call_method("setflags", (), Some(&kw))?;
+        Ok(arr)
+    }
+    fn item(&self) -> PyResult<f32> {
+        let t = self.0.value();
+        if t.numel() != 1 {
+            return Err(PyValueError::new_err(format!("item(): only a tensor with one element can be converted to a Python scalar, this one has shape {:?}", t.shape)));
+        }
+        Ok(t.data()[0])
+    }
+    #[getter]
+    fn grad(&self) -> Option<PyVar> {
+        self.0.grad().map(|g| wrap(Var::leaf(g, false)))
+    }
+    fn set_grad(&self, g: Option<PyRef<PyVar>>) -> PyResult<()> {
+        if let Some(g) = &g {
+            if g.0.shape() != self.0.shape() {
+                return Err(PyValueError::new_err(format!("grad of shape {:?} does not match the tensor's shape {:?}", g.0.shape(), self.0.shape())));
+            }
+        }
+        self.0.set_grad(g.map(|g| g.0.value()));
+        Ok(())
+    }
+    fn detach(&self) -> PyVar {
+        wrap(self.0.detach())
+    }
+    #[pyo3(signature = (grad=None, retain_graph=false))]
+    fn backward(&self, py: Python<'_>, grad: Option<PyRef<PyVar>>, retain_graph: bool) -> PyResult<()> {
+        let seed = grad.map(|g| g.0.value());
+        let v = self.0.clone();
+        Ok(py.detach(move || tape::backward(&v, seed, retain_graph))?)
+    }
+    /// Overwrite this leaf's value (same shape) with another tensor's value.
+    fn assign(&self, other: PyRef<PyVar>) -> PyResult<()> {
+        let t = other.0.value();
+        if t.shape != self.0.shape() {
+            return Err(PyValueError::new_err(format!("assign: shape {:?} does not match {:?}", t.shape, self.0.shape())));
+        }
+        self.0.set_value(t);
+        Ok(())
+    }
+}
+
+fn to_attrs(d: Option<&Bound<'_, PyDict>>) -> PyResult<Vec<(String, Attr)>> {
+    let mut out = Vec::new();
+    if let Some(d) = d {
+        for (k, v) in d.iter() {
+            let k: String = k.extract()?;
+            let a = if v.is_instance_of::<pyo3::types::PyBool>() {
+                Attr::Bool(v.extract()?)
+            } else if let Ok(i) = v.extract::<i64>() {
+                Attr::Int(i)
+            } else if let Ok(f) = v.extract::<f64>() {
+                Attr::Float(f)
+            } else if let Ok(l) = v.extract::<Vec<i64>>() {
+                Attr::Ints(l)
+            } else {
+                return Err(PyTypeError::new_err(format!("attribute '{k}': unsupported value {v}")));
+            };
+            out.push((k, a));
+        }
+    }
+    Ok(out)
+}
+
+fn attrs_to_py<'py>(py: Python<'py>, op: &Op) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    for (k, a) in op.attrs() {
+        match a {
+            Attr::Int(i) => d.set_item(k, i)?,
+            Attr::Ints(v) => d.set_item(k, v)?,
+            Attr::Float(f) => d.set_item(k, f)?,
+            Attr::Bool(b) => d.set_item(k, b)?,
+        }
+    }
+    Ok(d)
+}
+
+/// Copy a float32 numpy array (any layout) into a new tensor.
+#[pyfunction]
+#[pyo3(signature = (arr, requires_grad=false))]
+fn from_numpy(py: Python<'_>, arr: PyReadonlyArrayDyn<'_, f32>, requires_grad: bool) -> PyResult<PyVar> {
+    let shape = arr.shape().to_vec();
+    let a = arr.as_array();
+    let n = a.len();
+    let mut data = crate::tensor::alloc(n)?;
+    if let Some(s) = a.as_slice() {
+        py.detach(|| data.copy_from_slice(s));
+    } else {
+        data.iter_mut().zip(a.iter()).for_each(|(d, &s)| *d = s);
+    }
+    Ok(wrap(Var::leaf(Tensor::new(data, shape)?, requires_grad)))
+}
+
+/// A 0-d tensor.
+#[pyfunction]
+fn scalar(v: f32) -> PyVar {
+    wrap(Var::scalar(v))
+}
+
+/// Apply a registry op by name: `apply("sum", [x], {"axes": [1], "keepdims": True})`.
+#[pyfunction]
+#[pyo3(signature = (name, inputs, attrs=None))]
+fn apply(py: Python<'_>, name: &str, inputs: Vec<PyRef<PyVar>>, attrs: Option<&Bound<'_, PyDict>>) -> PyResult<PyVar> {
+    let op = Op::parse(name, &to_attrs(attrs)?)?;
+    let ins: Vec<Var> = inputs.iter().map(|v| v.0.clone()).collect();
+    drop(inputs);
+    let out = py.detach(move || Var::apply(op, &ins))?;
+    Ok(wrap(out))
+}
+
+/// torch.autograd.grad: gradients of outputs (weighted by seeds) w.r.t. inputs.
+#[pyfunction]
+#[pyo3(signature = (outputs, seeds, inputs, retain_graph=false, create_graph=false))]
+fn grad(py: Python<'_>, outputs: Vec<PyRef<PyVar>>, seeds: Vec<Option<PyRef<PyVar>>>, inputs: Vec<PyRef<PyVar>>, retain_graph: bool, create_graph: bool) -> PyResult<Vec<Option<PyVar>>> {
+    let outs: Vec<Var> = outputs.iter().map(|v| v.0.clone()).collect();
+    let seeds: Vec<Option<Tensor>> = seeds.iter().map(|s| s.as_ref().map(|s| s.0.value())).collect();
+    let ins: Vec<Var> = inputs.iter().map(|v| v.0.clone()).collect();
+    let r = py.detach(move || tape::grad(&outs, seeds, &ins, retain_graph, create_graph))?;
+    Ok(r.into_iter().map(|g| g.map(wrap)).collect())
+}
+
+#[pyfunction]
+fn set_grad_enabled(on: bool) -> bool {
+    tape::set_grad_enabled(on)
+}
+
+#[pyfunction]
+fn is_grad_enabled() -> bool {
+    tape::is_grad_enabled()
+}
+
+/// The op registry: one dict per op (name, arity, saves, differentiable, doc).
+#[pyfunction]
+fn op_table(py: Python<'_>) -> PyResult<Bound<'_, PyList>> {
+    let l = PyList::empty(py);
+    for s in TABLE {
+        let d = PyDict::new(py);
+        d.set_item("name", s.name)?;
+        d.set_item("arity", s.arity)?;
+        d.set_item("saves", s.saves)?;
+        d.set_item("differentiable", s.differentiable)?;
+        d.set_item("doc", s.doc)?;
+        l.append(d)?;
+    }
+    Ok(l)
+}
+
+#[pyfunction]
+fn set_num_threads(n: usize) -> PyResult<()> {
+    if n == 0 {
+        return Err(PyValueError::new_err("set_num_threads: n must be a positive integer, got 0"));
+    }
+    crate::kernels::set_num_threads(n);
+    Ok(())
+}
+
+#[pyfunction]
+fn get_num_threads() -> usize {
+    crate::kernels::num_threads()
+}
+
+#[pyfunction]
+fn simd_level() -> &'static str {
+    crate::kernels::simd_level()
+}
+
+/// A flat program of registry ops (the tape exported), replayable on the CPU executor.
+#[pyclass(name = "Program", module = "batchgrad._core", frozen)]
+pub struct PyProgram(Program);
+
+#[pymethods]
+impl PyProgram {
+    /// Trace back from `outputs` to the placeholder `inputs` through the recorded graph.
+    #[staticmethod]
+    fn from_graph(inputs: Vec<PyRef<PyVar>>, outputs: Vec<PyRef<PyVar>>) -> PyResult<PyProgram> {
+        let ins: Vec<Var> = inputs.iter().map(|v| v.0.clone()).collect();
+        let outs: Vec<Var> = outputs.iter().map(|v| v.0.clone()).collect();
+        Ok(PyProgram(Program::from_graph(&ins, &outs)?))
+    }
+    /// Build from node dicts as returned by `nodes()` (graph transforms build new programs).
+    /// Captured slots take a `var`; node slots take `op`, `attrs`, `args`; shapes are re-inferred.
+    #[staticmethod]
+    fn from_nodes(py: Python<'_>, nodes: Vec<Bound<'_, PyDict>>, outputs: Vec<usize>) -> PyResult<PyProgram> {
+        let mut slots = Vec::with_capacity(nodes.len());
+        for d in &nodes {
+            let kind: String = d.get_item("kind")?.ok_or_else(|| PyValueError::new_err("node without 'kind'"))?.extract()?;
+            let shape: Vec<usize> = d.get_item("shape")?.map(|s| s.extract()).transpose()?.unwrap_or_default();
+            let k = match kind.as_str() {
+                "input" => SlotKind::Input(d.get_item("index")?.ok_or_else(|| PyValueError::new_err("input without 'index'"))?.extract()?),
+                "captured" => {
+                    let v: PyRef<PyVar> = d.get_item("var")?.ok_or_else(|| PyValueError::new_err("captured without 'var'"))?.extract()?;
+                    SlotKind::Captured(v.0.clone())
+                }
+                "node" => {
+                    let name: String = d.get_item("op")?.ok_or_else(|| PyValueError::new_err("node without 'op'"))?.extract()?;
+                    let attrs = d.get_item("attrs")?;
+                    let attrs = attrs.as_ref().map(|a| a.cast::<PyDict>()).transpose().map_err(|e| PyTypeError::new_err(e.to_string()))?;
+                    let op = Op::parse(&name, &to_attrs(attrs)?)?;
+                    let args: Vec<usize> = d.get_item("args")?.ok_or_else(|| PyValueError::new_err("node without 'args'"))?.extract()?;
+                    SlotKind::Node { op, args }
+                }
+                other => return Err(PyValueError::new_err(format!("unknown node kind '{other}'"))),
+            };
+            slots.push(Slot { kind: k, shape });
+        }
+        let _ = py;
+        Ok(PyProgram(Program::from_slots(slots, outputs)?))
+    }
+    /// One dict per slot: kind ("input" | "captured" | "node"), shape, and op/attrs/args for nodes.
+    fn nodes<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        let l = PyList::empty(py);
+        for (i, s) in self.0.slots.iter().enumerate() {
+            let d = PyDict::new(py);
+            d.set_item("id", i)?;
+            d.set_item("shape", s.shape.clone())?;
+            match &s.kind {
+                SlotKind::Input(k) => {
+                    d.set_item("kind", "input")?;
+                    d.set_item("index", *k)?;
+                }
+                SlotKind::Captured(v) => {
+                    d.set_item("kind", "captured")?;
+                    d.set_item("var", Py::new(py, wrap(v.clone()))?)?;
+                }
+                SlotKind::Node { op, args } => {
+                    d.set_item("kind", "node")?;
+                    d.set_item("op", op.name())?;
+                    d.set_item("attrs", attrs_to_py(py, op)?)?;
+                    d.set_item("args", args.clone())?;
+                }
+            }
+            l.append(d)?;
+        }
+        Ok(l)
+    }
+    #[getter]
+    fn outputs(&self) -> Vec<usize> {
+        self.0.outputs.clone()
+    }
+    /// Replay with the CPU executor (one call, no Python per op).
+    fn run(&self, py: Python<'_>, inputs: Vec<PyRef<PyVar>>) -> PyResult<Vec<PyVar>> {
+        let ins: Vec<Tensor> = inputs.iter().map(|v| v.0.value()).collect();
+        let outs = py.detach(|| self.0.run(&ins))?;
+        Ok(outs.into_iter().map(|t| wrap(Var::leaf(t, false))).collect())
+    }
+}
+
+#[pymodule]
+fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<PyVar>()?;
+    m.add_class::<PyProgram>()?;
+    m.add_function(wrap_pyfunction!(from_numpy, m)?)?;
+    m.add_function(wrap_pyfunction!(scalar, m)?)?;
+    m.add_function(wrap_pyfunction!(apply, m)?)?;
+    m.add_function(wrap_pyfunction!(grad, m)?)?;
+    m.add_function(wrap_pyfunction!(set_grad_enabled, m)?)?;
+    m.add_function(wrap_pyfunction!(is_grad_enabled, m)?)?;
+    m.add_function(wrap_pyfunction!(op_table, m)?)?;
+    m.add_function(wrap_pyfunction!(set_num_threads, m)?)?;
+    m.add_function(wrap_pyfunction!(get_num_threads, m)?)?;
+    m.add_function(wrap_pyfunction!(simd_level, m)?)?;
+    optim::register(m)?;
+    Ok(())
+}

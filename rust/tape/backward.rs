@@ -1,0 +1,133 @@
+//! Reverse sweep. Var ids grow in creation order and an op's result is created after its inputs,
+//! so sorting the reachable subgraph by id (descending) is a reverse topological order: the
+//! tape is a Wengert list, and backward is a loop over it calling each op's VJP rule.
+use std::collections::{HashMap, HashSet};
+
+use super::{build, no_grad, set_grad_enabled, Var};
+use crate::bail;
+use crate::error::Result;
+use crate::ops;
+use crate::tensor::Tensor;
+
+/// Reachable recorded subgraph from `roots` (only Vars that require grad), reverse topological order.
+fn reverse_topo(roots: &[Var]) -> Result<Vec<(Var, Option<(ops::Op, Vec<Var>)>)>> {
+    let mut seen = HashSet::new();
+    let mut stack: Vec<Var> = roots.iter().filter(|v| v.requires_grad()).cloned().collect();
+    let mut out = Vec::new();
+    while let Some(v) = stack.pop() {
+        if !seen.insert(v.id()) {
+            continue;
+        }
+        let node = v.node()?; // errors on a freed graph before anything is touched
+        if let Some((_, inputs)) = &node {
+            stack.extend(inputs.iter().filter(|i| i.requires_grad() && !seen.contains(&i.id())).cloned());
+        }
+        out.push((v, node));
+    }
+    out.sort_by(|a, b| b.0.id().cmp(&a.0.id()));
+    Ok(out)
+}
+
+/// Run the VJP sweep from `roots` seeded with `seeds`; returns the gradient of every Var for
+/// which `keep(var, is_leaf)` is true.
+fn sweep(roots: &[Var], seeds: Vec<Var>, create_graph: bool, keep: impl Fn(&Var, bool) -> bool) -> Result<(HashMap<u64, (Var, Var)>, Vec<Var>)> {
+    let order = reverse_topo(roots)?;
+    let mut grads: HashMap<u64, Var> = HashMap::new();
+    for (r, s) in roots.iter().zip(seeds) {
+        accumulate(&mut grads, r.id(), s)?;
+    }
+    let prev = set_grad_enabled(create_graph);
+    let result = (|| {
+        let mut kept = HashMap::new();
+        for (v, node) in &order {
+            let Some(g) = grads.remove(&v.id()) else { continue };
+            if let Some((op, inputs)) = node {
+                let gi = ops::vjp(op, inputs, v, &g)?;
+                for (inp, gi) in inputs.iter().zip(gi) {
+                    if let (Some(gi), true) = (gi, inp.requires_grad()) {
+                        accumulate(&mut grads, inp.id(), gi)?;
+                    }
+                }
+                if keep(v, false) {
+                    kept.insert(v.id(), (v.clone(), g));
+                }
+            } else if keep(v, true) {
+                kept.insert(v.id(), (v.clone(), g));
+            }
+        }
+        Ok(kept)
+    })();
+    set_grad_enabled(prev);
+    Ok((result?, order.into_iter().filter(|(_, n)| n.is_some()).map(|(v, _)| v).collect()))
+}
+
+fn accumulate(grads: &mut HashMap<u64, Var>, id: u64, g: Var) -> Result<()> {
+    let new = match grads.remove(&id) {
+        Some(old) => build::add(&old, &g)?,
+        None => g,
+    };
+    grads.insert(id, new);
+    Ok(())
+}
+
+fn check_seed(root: &Var, seed: Option<Tensor>) -> Result<Var> {
+    let shape = root.shape();
+    match seed {
+        None => {
+            if shape.iter().product::<usize>() != 1 {
+                bail!(Runtime, "grad can be implicitly created only for scalar outputs; this output has shape {shape:?}: pass a gradient of the same shape to backward(grad)");
+            }
+            Ok(Var::leaf(Tensor::full(&shape, 1.0)?, false))
+        }
+        Some(t) => {
+            if t.shape != shape {
+                bail!(Shape, "backward: gradient of shape {:?} does not match the output's shape {shape:?}", t.shape);
+            }
+            Ok(Var::leaf(t, false))
+        }
+    }
+}
+
+/// `root.backward(seed)`: accumulate d root / d leaf into every leaf's `.grad`.
+pub fn backward(root: &Var, seed: Option<Tensor>, retain_graph: bool) -> Result<()> {
+    if !root.requires_grad() {
+        bail!(Runtime, "backward: this tensor does not require grad and has no recorded history (did you forget requires_grad=True, or compute it under no_grad()?)");
+    }
+    let seed = check_seed(root, seed)?;
+    let (kept, nodes) = sweep(std::slice::from_ref(root), vec![seed], false, |_, leaf| leaf)?;
+    no_grad(|| -> Result<()> {
+        // compute every sum first, then assign: nothing is half-updated on error
+        let mut updates = Vec::with_capacity(kept.len());
+        for (_, (leaf, g)) in kept {
+            let g = g.value();
+            let new = match leaf.grad() {
+                Some(old) => build::add(&Var::leaf(old, false), &Var::leaf(g, false))?.value(),
+                None => g,
+            };
+            updates.push((leaf, new));
+        }
+        for (leaf, new) in updates {
+            leaf.set_grad(Some(new));
+        }
+        Ok(())
+    })?;
+    if !retain_graph {
+        nodes.iter().for_each(|v| v.free_node());
+    }
+    Ok(())
+}
+
+/// Functional gradients (torch.autograd.grad): d(sum of seeds . outputs)/d inputs, returned as
+/// Vars (recorded on the tape when `create_graph`, so they can be differentiated again).
+pub fn grad(outputs: &[Var], seeds: Vec<Option<Tensor>>, inputs: &[Var], retain_graph: bool, create_graph: bool) -> Result<Vec<Option<Var>>> {
+    if outputs.len() != seeds.len() {
+        bail!(Value, "grad: {} outputs but {} output gradients", outputs.len(), seeds.len());
+    }
+    let seeds = outputs.iter().zip(seeds).map(|(o, s)| check_seed(o, s)).collect::<Result<Vec<_>>>()?;
+    let want: HashSet<u64> = inputs.iter().map(|v| v.id()).collect();
+    let (mut kept, nodes) = sweep(outputs, seeds, create_graph, |v, _| want.contains(&v.id()))?;
+    if !retain_graph && !create_graph {
+        nodes.iter().for_each(|v| v.free_node());
+    }
+    Ok(inputs.iter().map(|v| kept.remove(&v.id()).map(|(_, g)| g)).collect())
+}

@@ -1,0 +1,235 @@
+//! The tape: every op applied to a `Var` that requires grad records a node (op + input Vars).
+//! Nodes are created in execution order, so ids are a topological order; `backward` walks the
+//! recorded subgraph in reverse and calls each op's VJP rule from the registry (`ops::vjp`),
+//! which itself emits registry ops (recorded too when `create_graph` is on).
+use std::cell::Cell;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use crate::error::Result;
+use crate::ops::{self, Op};
+use crate::shape::Shape;
+use crate::tensor::Tensor;
+
+mod backward;
+pub mod program;
+pub use backward::{backward, grad};
+
+thread_local! {
+    static GRAD_ENABLED: Cell<bool> = const { Cell::new(true) };
+}
+
+/// Is recording on for this thread?
+pub fn is_grad_enabled() -> bool {
+    GRAD_ENABLED.with(|g| g.get())
+}
+
+/// Turn recording on/off for this thread; returns the previous setting.
+pub fn set_grad_enabled(on: bool) -> bool {
+    GRAD_ENABLED.with(|g| g.replace(on))
+}
+
+/// Run `f` with recording off (restored afterwards, also on error).
+pub fn no_grad<R>(f: impl FnOnce() -> R) -> R {
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            set_grad_enabled(self.0);
+        }
+    }
+    let _r = Restore(set_grad_enabled(false));
+    f()
+}
+
+pub(crate) enum Node {
+    Leaf,
+    Op { op: Op, inputs: Vec<Var> },
+    /// An op node whose graph was released by `backward` (op name kept for the error message).
+    Freed(&'static str),
+}
+
+pub struct VarInner {
+    pub id: u64,
+    value: RwLock<Tensor>,
+    requires_grad: AtomicBool,
+    grad: Mutex<Option<Tensor>>,
+    pub(crate) node: Mutex<Node>,
+}
+
+/// A tensor on the tape: a value plus, for op results, the node that made it.
+#[derive(Clone)]
+pub struct Var(pub Arc<VarInner>);
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+impl Drop for VarInner {
+    // Iterative drop: a long chain of nodes must not recurse once per node.
+    fn drop(&mut self) {
+        let mut stack: Vec<Var> = match std::mem::replace(self.node.get_mut().unwrap(), Node::Leaf) {
+            Node::Op { inputs, .. } => inputs,
+            _ => return,
+        };
+        while let Some(v) = stack.pop() {
+            if let Ok(mut inner) = Arc::try_unwrap(v.0) {
+                if let Node::Op { inputs, .. } = std::mem::replace(inner.node.get_mut().unwrap(), Node::Leaf) {
+                    stack.extend(inputs);
+                }
+            }
+        }
+    }
+}
+
+impl Var {
+    fn make(value: Tensor, requires_grad: bool, node: Node) -> Var {
+        Var(Arc::new(VarInner {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            value: RwLock::new(value),
+            requires_grad: AtomicBool::new(requires_grad),
+            grad: Mutex::new(None),
+            node: Mutex::new(node),
+        }))
+    }
+    /// A leaf (user data or a parameter).
+    pub fn leaf(value: Tensor, requires_grad: bool) -> Var {
+        Var::make(value, requires_grad, Node::Leaf)
+    }
+    /// A 0-d constant.
+    pub fn scalar(v: f32) -> Var {
+        Var::leaf(Tensor::scalar(v), false)
+    }
+    pub fn id(&self) -> u64 {
+        self.0.id
+    }
+    /// The current value (a cheap `Arc` clone).
+    pub fn value(&self) -> Tensor {
+        self.0.value.read().unwrap().clone()
+    }
+    pub fn shape(&self) -> Shape {
+        self.0.value.read().unwrap().shape.clone()
+    }
+    /// Replace a leaf's value in place (optimizer updates). Shape must match.
+    pub fn set_value(&self, t: Tensor) {
+        *self.0.value.write().unwrap() = t;
+    }
+    /// Mutate the value in place (copy-on-write if its buffer is shared, e.g. by a numpy view).
+    pub fn with_value_mut<R>(&self, f: impl FnOnce(&mut Tensor) -> R) -> R {
+        f(&mut self.0.value.write().unwrap())
+    }
+    pub fn is_leaf(&self) -> bool {
+        matches!(*self.0.node.lock().unwrap(), Node::Leaf)
+    }
+    /// Leaves: the flag set by the user. Op results: true while they have a (possibly freed) node.
+    pub fn requires_grad(&self) -> bool {
+        self.0.requires_grad.load(Ordering::Relaxed)
+    }
+    pub fn set_requires_grad(&self, on: bool) -> Result<()> {
+        if !self.is_leaf() {
+            crate::bail!(Runtime, "requires_grad can only be changed on leaf tensors (this one was produced by an op; use .detach())");
+        }
+        self.0.requires_grad.store(on, Ordering::Relaxed);
+        Ok(())
+    }
+    pub fn grad(&self) -> Option<Tensor> {
+        self.0.grad.lock().unwrap().clone()
+    }
+    pub fn set_grad(&self, g: Option<Tensor>) {
+        *self.0.grad.lock().unwrap() = g;
+    }
+    /// Name of the op that produced this Var (None for leaves).
+    pub fn op_name(&self) -> Option<&'static str> {
+        match &*self.0.node.lock().unwrap() {
+            Node::Leaf => None,
+            Node::Op { op, .. } => Some(op.name()),
+            Node::Freed(n) => Some(n),
+        }
+    }
+    /// The op and inputs of a recorded node (None for leaves; error if freed).
+    pub fn node(&self) -> Result<Option<(Op, Vec<Var>)>> {
+        match &*self.0.node.lock().unwrap() {
+            Node::Leaf => Ok(None),
+            Node::Op { op, inputs } => Ok(Some((op.clone(), inputs.clone()))),
+            Node::Freed(n) => crate::bail!(
+                Runtime,
+                "trying to backward through the graph a second time (the graph of '{n}' was freed by an earlier backward; pass retain_graph=True to keep it)"
+            ),
+        }
+    }
+    pub(crate) fn free_node(&self) {
+        let mut n = self.0.node.lock().unwrap();
+        if let Node::Op { op, .. } = &*n {
+            *n = Node::Freed(op.name());
+        }
+    }
+    /// Same value, no history.
+    pub fn detach(&self) -> Var {
+        Var::leaf(self.value(), false)
+    }
+
+    /// Apply a registry op: run its forward kernel and, when recording is on and some input
+    /// requires grad, record a node.
+    pub fn apply(op: Op, inputs: &[Var]) -> Result<Var> {
+        let vals: Vec<Tensor> = inputs.iter().map(|v| v.value()).collect();
+        let refs: Vec<&Tensor> = vals.iter().collect();
+        let out = ops::forward(&op, &refs)?;
+        drop(vals);
+        let record = is_grad_enabled() && op.spec().differentiable && inputs.iter().any(|v| v.requires_grad());
+        Ok(if record {
+            Var::make(out, true, Node::Op { op, inputs: inputs.to_vec() })
+        } else {
+            Var::leaf(out, false)
+        })
+    }
+}
+
+/// Short helpers used by VJP rules (each is one registry op).
+pub mod build {
+    use super::Var;
+    use crate::error::Result;
+    use crate::ops::Op;
+
+    pub fn add(a: &Var, b: &Var) -> Result<Var> { Var::apply(Op::Add, &[a.clone(), b.clone()]) }
+    pub fn sub(a: &Var, b: &Var) -> Result<Var> { Var::apply(Op::Sub, &[a.clone(), b.clone()]) }
+    pub fn mul(a: &Var, b: &Var) -> Result<Var> { Var::apply(Op::Mul, &[a.clone(), b.clone()]) }
+    pub fn div(a: &Var, b: &Var) -> Result<Var> { Var::apply(Op::Div, &[a.clone(), b.clone()]) }
+    pub fn neg(a: &Var) -> Result<Var> { Var::apply(Op::Neg, &[a.clone()]) }
+    pub fn exp(a: &Var) -> Result<Var> { Var::apply(Op::Exp, &[a.clone()]) }
+    /// a * c for a constant c
+    pub fn scale(a: &Var, c: f32) -> Result<Var> { mul(a, &Var::scalar(c)) }
+    /// c - a for a constant c
+    pub fn rsub(c: f32, a: &Var) -> Result<Var> { sub(&Var::scalar(c), a) }
+    pub fn cmp(op: Op, a: &Var, b: &Var) -> Result<Var> { Var::apply(op, &[a.clone(), b.clone()]) }
+    pub fn reshape(a: &Var, shape: &[usize]) -> Result<Var> {
+        if a.shape() == shape {
+            return Ok(a.clone());
+        }
+        Var::apply(Op::Reshape { shape: shape.iter().map(|&d| d as i64).collect() }, &[a.clone()])
+    }
+    pub fn broadcast_to(a: &Var, shape: &[usize]) -> Result<Var> {
+        if a.shape() == shape {
+            return Ok(a.clone());
+        }
+        Var::apply(Op::BroadcastTo { shape: shape.to_vec() }, &[a.clone()])
+    }
+    pub fn sum(a: &Var, axes: Vec<i64>, keepdims: bool) -> Result<Var> {
+        Var::apply(Op::Sum { axes, keepdims }, &[a.clone()])
+    }
+    /// Sum a gradient back to an input's shape (the adjoint of broadcasting).
+    pub fn sum_to(g: &Var, shape: &[usize]) -> Result<Var> {
+        let gs = g.shape();
+        if gs == shape {
+            return Ok(g.clone());
+        }
+        let lead = gs.len() - shape.len();
+        let mut axes: Vec<i64> = (0..lead as i64).collect();
+        for (i, &d) in shape.iter().enumerate() {
+            if d == 1 && gs[lead + i] != 1 {
+                axes.push((lead + i) as i64);
+            }
+        }
+        let s = if axes.is_empty() { g.clone() } else { sum(g, axes, true)? };
+        reshape(&s, shape)
+    }
+    pub fn matmul(a: &Var, b: &Var, ta: bool, tb: bool) -> Result<Var> {
+        Var::apply(Op::MatMul { ta, tb }, &[a.clone(), b.clone()])
+    }
+}
