@@ -21,3 +21,7 @@ def op_table() -> list[dict]:
 
 
 __all__ = list(_tensor_all) + ["data", "datasets", "save", "load", "op_table"]
+
+from .transforms import Graph, TracingError, grad, render_minibatch_graphs, replicate, trace, value_and_grad, vmap  # noqa: E402
+
+__all__ += ["Graph", "TracingError", "grad", "render_minibatch_graphs", "replicate", "trace", "value_and_grad", "vmap"]

@@ -26,6 +26,17 @@ __all__ = [
 ]
 
 _Scalar = (numbers.Number, np.number, np.bool_)
+_TRACE_DEPTH = [0]  # > 0 while batchgrad.trace records a function
+
+
+def _check_concrete(x: "Tensor", what: str) -> None:
+    """Inside a trace, reading the value of a traced tensor would bake one example's values into
+    the graph (Python control flow on tensor values): refuse with a clear error."""
+    if _TRACE_DEPTH[0] and x._v.op is not None:
+        from .transforms import TracingError
+        raise TracingError(
+            f"cannot {what} a traced tensor (shape {x.shape}, produced by '{x._v.op}'): the function is not traceable "
+            "because its Python control flow or values depend on tensor data; use bg.where / bg.maximum instead")
 
 
 def _op(name: str, *xs: "Tensor", **attrs: Any) -> "Tensor":
@@ -103,12 +114,14 @@ class Tensor:
 
     @property
     def is_leaf(self) -> bool:
-        return self._v.is_leaf
+        """PyTorch's convention: tensors that do not require grad are leaves too."""
+        return self._v.is_leaf or not self._v.requires_grad
 
     @property
     def grad_fn(self) -> str | None:
-        """Name of the registry op that produced this tensor (None for leaves)."""
-        return self._v.op
+        """Name of the registry op that produced this tensor (None for leaves and for results
+        that do not require grad, e.g. comparisons)."""
+        return self._v.op if self._v.requires_grad else None
 
     @property
     def grad(self) -> "Tensor | None":
@@ -132,6 +145,7 @@ class Tensor:
 
     def numpy(self) -> np.ndarray:
         """The values as a float32 numpy array (a read-only view, no copy; bool for masks)."""
+        _check_concrete(self, "convert to numpy")
         a = self._v.numpy()
         return a.astype(np.bool_) if self._bool else a
 
@@ -140,6 +154,7 @@ class Tensor:
         return a if dtype is None else a.astype(dtype)
 
     def item(self) -> float | bool:
+        _check_concrete(self, "read .item() of")
         v = self._v.item()
         return bool(v) if self._bool else float(v)
 
@@ -158,6 +173,7 @@ class Tensor:
     def __bool__(self) -> bool:
         if self.size != 1:
             raise ValueError(f"the truth value of a tensor of shape {self.shape} is ambiguous; use .any()/.all() or bg.where")
+        _check_concrete(self, "take the truth value (Python if/while) of")
         return bool(self._v.item())
 
     def __float__(self) -> float:
@@ -170,7 +186,8 @@ class Tensor:
         return id(self)
 
     def __repr__(self) -> str:
-        body = np.array2string(self.numpy(), separator=", ", prefix="tensor(")
+        a = self._v.numpy()
+        body = np.array2string(a.astype(np.bool_) if self._bool else a, separator=", ", prefix="tensor(")
         extra = ""
         if self.grad_fn is not None:
             extra = f", grad_fn={self.grad_fn}"
@@ -260,7 +277,7 @@ class Tensor:
 def tensor(data: Any, requires_grad: bool = False) -> Tensor:
     """A new float32 tensor from a numpy array, nested lists or a scalar (data is copied)."""
     if isinstance(data, Tensor):
-        return Tensor(_core.from_numpy(np.ascontiguousarray(data.numpy(), np.float32), requires_grad), data._bool)
+        return Tensor(_core.from_numpy(np.asarray(data.numpy(), dtype=np.float32, order="C"), requires_grad), data._bool)
     try:
         arr = np.asarray(data)
     except ValueError as e:
@@ -268,7 +285,7 @@ def tensor(data: Any, requires_grad: bool = False) -> Tensor:
     if arr.dtype.kind not in "biuf":
         raise TypeError(f"bg.tensor: expected numbers (bool, int or float), got an array of dtype {arr.dtype}")
     is_bool = arr.dtype.kind == "b"
-    arr = np.ascontiguousarray(arr, dtype=np.float32)
+    arr = np.asarray(arr, dtype=np.float32, order="C")  # not ascontiguousarray: it makes 0-d arrays 1-d
     return Tensor(_core.from_numpy(arr, bool(requires_grad)), is_bool)
 
 

@@ -52,6 +52,8 @@ pub struct VarInner {
     pub id: u64,
     value: RwLock<Tensor>,
     requires_grad: AtomicBool,
+    /// made by a recorded op (has history, even when not differentiable, e.g. a comparison)
+    tracked: bool,
     grad: Mutex<Option<Tensor>>,
     pub(crate) node: Mutex<Node>,
 }
@@ -85,6 +87,7 @@ impl Var {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             value: RwLock::new(value),
             requires_grad: AtomicBool::new(requires_grad),
+            tracked: matches!(node, Node::Op { .. }),
             grad: Mutex::new(None),
             node: Mutex::new(node),
         }))
@@ -165,19 +168,25 @@ impl Var {
         Var::leaf(self.value(), false)
     }
 
-    /// Apply a registry op: run its forward kernel and, when recording is on and some input
-    /// requires grad, record a node.
+    /// Has history on the tape (requires grad, or made by a recorded op).
+    pub fn is_tracked(&self) -> bool {
+        self.0.tracked || self.requires_grad()
+    }
+
+    /// Apply a registry op: run its forward kernel and, when recording is on and some input is
+    /// tracked, record a node. The result requires grad when the op is differentiable and some
+    /// input requires grad; non-differentiable results (comparisons) are still recorded, so a
+    /// traced program keeps the masks that depend on its inputs.
     pub fn apply(op: Op, inputs: &[Var]) -> Result<Var> {
         let vals: Vec<Tensor> = inputs.iter().map(|v| v.value()).collect();
         let refs: Vec<&Tensor> = vals.iter().collect();
         let out = ops::forward(&op, &refs)?;
         drop(vals);
-        let record = is_grad_enabled() && op.spec().differentiable && inputs.iter().any(|v| v.requires_grad());
-        Ok(if record {
-            Var::make(out, true, Node::Op { op, inputs: inputs.to_vec() })
-        } else {
-            Var::leaf(out, false)
-        })
+        if !is_grad_enabled() || !inputs.iter().any(|v| v.is_tracked()) {
+            return Ok(Var::leaf(out, false));
+        }
+        let rg = op.spec().differentiable && inputs.iter().any(|v| v.requires_grad());
+        Ok(Var::make(out, rg, Node::Op { op, inputs: inputs.to_vec() }))
     }
 }
 
