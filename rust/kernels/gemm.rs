@@ -8,6 +8,9 @@ use super::{num_threads, pool};
 use crate::error::Result;
 use crate::tensor::alloc;
 
+/// Inner dimensions up to this use the direct row-axpy path instead of the packed GEMM.
+const SMALL_K: usize = 4;
+
 /// One operand: buffer, and for each batch the element offset of its matrix.
 pub struct Operand<'a> {
     pub data: &'a [f32],
@@ -44,6 +47,39 @@ pub fn matmul(a: &Operand, b: &Operand, a_off: &[usize], b_off: &[usize], m: usi
         return Ok(out);
     }
     let threads = num_threads();
+    if k <= SMALL_K && b_cs == 1 {
+        // outer products and other thin products (per-example weight gradients): rows of axpys,
+        // vectorised over n; packing for a GEMM micro-kernel would cost more than the work
+        let small = |dst: &mut [f32], ao: usize, bo: usize| {
+            for (i, row) in dst.chunks_mut(n).enumerate() {
+                for p in 0..k {
+                    let av = a.data[(ao as isize + i as isize * a_rs + p as isize * a_cs) as usize];
+                    let brow = &b.data[(bo as isize + p as isize * b_rs) as usize..][..n];
+                    if p == 0 {
+                        row.iter_mut().zip(brow).for_each(|(o, &bv)| *o = av * bv);
+                    } else {
+                        row.iter_mut().zip(brow).for_each(|(o, &bv)| *o += av * bv);
+                    }
+                }
+            }
+        };
+        super::maybe_par(batch * m * n, |par| {
+            if par && batch > 1 {
+                out.par_chunks_mut(m * n).enumerate().for_each(|(i, dst)| small(dst, a_off[i], b_off[i]));
+            } else if par {
+                let rows = (1usize << 14) / n.max(1) + 1;
+                out.par_chunks_mut(rows * n).enumerate().for_each(|(c, dst)| {
+                    // row block c of the single matrix: shift a's start by c*rows rows
+                    small(dst, (a_off[0] as isize + (c * rows) as isize * a_rs) as usize, b_off[0]);
+                });
+            } else {
+                for (i, dst) in out.chunks_mut(m * n).enumerate() {
+                    small(dst, a_off[i], b_off[i]);
+                }
+            }
+        });
+        return Ok(out);
+    }
     let small = flops < (1 << 18);
     if threads <= 1 || (small && batch == 1) {
         for (i, dst) in out.chunks_mut(m * n).enumerate() {
