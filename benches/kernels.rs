@@ -1,1 +1,251 @@
-fn main() {}
+//! Kernel micro-benchmarks (criterion). Throughput is reported so criterion prints rates:
+//!   * GEMM: `Throughput::Elements(2*m*n*k)`  -> "Gelem/s" reads as GFLOP/s;
+//!   * elementwise / reductions: `Throughput::Bytes(bytes read + bytes written)` -> GB/s
+//!     (GiB/s as criterion prints it).
+//! Every kernel runs at 1 and 2 threads (`kernels::set_num_threads`); the bench id carries `t1`/`t2`.
+//!
+//!   cargo bench --bench kernels -- --quick            # a few minutes on 2 cores
+//!   cargo bench --bench kernels -- 'gemm_square'      # one group (criterion's filter)
+//!   BENCH_SECS=3 cargo bench --bench kernels          # longer measurement per benchmark
+//!
+//! Speed is compared as ratios between benchmarks of one run, never asserted.
+use std::hint::black_box;
+use std::time::Duration;
+
+use batchgrad::kernels::gemm::{matmul, Operand};
+use batchgrad::kernels::map::{binary, unary, View};
+use batchgrad::kernels::reduce::{reduce3, softmax_rows, Reduce};
+use batchgrad::kernels::set_num_threads;
+use batchgrad::shape::{broadcast_strides, strides};
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+
+const THREADS: [usize; 2] = [1, 2];
+
+fn lcg(seed: u64, n: usize) -> Vec<f32> {
+    let mut s = seed;
+    (0..n)
+        .map(|_| {
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((s >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+        })
+        .collect()
+}
+
+/// GEMM variant: which operand is read transposed.
+#[derive(Clone, Copy)]
+enum Var {
+    NN,
+    NT,
+    TN,
+}
+
+impl Var {
+    fn name(self) -> &'static str {
+        match self {
+            Var::NN => "NN",
+            Var::NT => "NT",
+            Var::TN => "TN",
+        }
+    }
+}
+
+/// Inputs for C (m x n) = op(A) (m x k) @ op(B) (k x n), with A/B stored as the variant needs:
+/// NN: A m x k, B k x n;  NT: A m x k, B stored n x k (C = A B^T);  TN: A stored k x m (C = A^T B), B k x n.
+struct GemmCase {
+    a: Vec<f32>,
+    b: Vec<f32>,
+    v: Var,
+    m: usize,
+    k: usize,
+    n: usize,
+}
+
+impl GemmCase {
+    fn new(v: Var, m: usize, k: usize, n: usize) -> Self {
+        GemmCase { a: lcg(1, m * k), b: lcg(2, k * n), v, m, k, n }
+    }
+    fn run(&self) -> Vec<f32> {
+        let (m, k, n) = (self.m, self.k, self.n);
+        let (a, b) = match self.v {
+            Var::NN => (
+                Operand { data: &self.a, rows: m, cols: k, trans: false },
+                Operand { data: &self.b, rows: k, cols: n, trans: false },
+            ),
+            Var::NT => (
+                Operand { data: &self.a, rows: m, cols: k, trans: false },
+                Operand { data: &self.b, rows: n, cols: k, trans: true },
+            ),
+            Var::TN => (
+                Operand { data: &self.a, rows: k, cols: m, trans: true },
+                Operand { data: &self.b, rows: k, cols: n, trans: false },
+            ),
+        };
+        matmul(&a, &b, &[0], &[0], m, k, n).unwrap()
+    }
+    fn flops(&self) -> u64 {
+        2 * (self.m * self.k * self.n) as u64
+    }
+}
+
+fn gemm_group(c: &mut Criterion, group: &str, shapes: &[(String, usize, usize, usize)]) {
+    let mut g = c.benchmark_group(group);
+    for &(ref label, m, k, n) in shapes {
+        for v in [Var::NN, Var::NT, Var::TN] {
+            let case = GemmCase::new(v, m, k, n);
+            g.throughput(Throughput::Elements(case.flops()));
+            // big problems: fewer samples so the suite stays within minutes
+            if case.flops() > 1 << 30 {
+                g.sample_size(10);
+            } else {
+                g.sample_size(20);
+            }
+            for t in THREADS {
+                set_num_threads(t);
+                g.bench_with_input(BenchmarkId::new(format!("{}/{}", v.name(), label), format!("t{t}")), &case, |bch, case| {
+                    set_num_threads(t);
+                    bch.iter(|| black_box(case.run()))
+                });
+            }
+        }
+    }
+    g.finish();
+}
+
+fn gemm_square(c: &mut Criterion) {
+    let shapes: Vec<_> = [256usize, 512, 1024].iter().map(|&s| (format!("{s}"), s, s, s)).collect();
+    gemm_group(c, "gemm_square", &shapes);
+}
+
+/// The MLP 784-256-256-10 layer shapes at batch B: (B x 784) @ (784 x 256), (B x 256) @ (256 x 256),
+/// (B x 256) @ (256 x 10). NT and TN at the same (m, k, n) are the transposed reads the backward
+/// pass issues (dX = G W^T, dW = X^T G).
+fn gemm_mlp(c: &mut Criterion) {
+    let mut shapes = Vec::new();
+    for b in [32usize, 512, 4096] {
+        for (k, n) in [(784usize, 256usize), (256, 256), (256, 10)] {
+            shapes.push((format!("{b}x{k}x{n}"), b, k, n));
+        }
+    }
+    gemm_group(c, "gemm_mlp", &shapes);
+}
+
+const SIZES: [(usize, &str); 3] = [(10_000, "1e4"), (1_000_000, "1e6"), (10_000_000, "1e7")];
+
+fn sample_size_for(n: usize) -> usize {
+    if n >= 10_000_000 {
+        10
+    } else {
+        30
+    }
+}
+
+fn elementwise(c: &mut Criterion) {
+    let mut g = c.benchmark_group("elementwise");
+    for (n, label) in SIZES {
+        let x = lcg(3, n);
+        let y = lcg(4, n);
+        g.sample_size(sample_size_for(n));
+        // unary: read n, write n
+        g.throughput(Throughput::Bytes((8 * n) as u64));
+        for t in THREADS {
+            set_num_threads(t);
+            g.bench_function(BenchmarkId::new(format!("unary_tanh/{label}"), format!("t{t}")), |b| {
+                set_num_threads(t);
+                b.iter(|| black_box(unary(black_box(&x), |v| v.tanh()).unwrap()))
+            });
+            g.bench_function(BenchmarkId::new(format!("unary_relu/{label}"), format!("t{t}")), |b| {
+                set_num_threads(t);
+                b.iter(|| black_box(unary(black_box(&x), |v| v.max(0.0)).unwrap()))
+            });
+        }
+        // binary contiguous: read 2n, write n
+        g.throughput(Throughput::Bytes((12 * n) as u64));
+        let shape = [n];
+        for t in THREADS {
+            g.bench_function(BenchmarkId::new(format!("binary_add/{label}"), format!("t{t}")), |b| {
+                set_num_threads(t);
+                b.iter(|| {
+                    let va = View { data: &x, offset: 0, strides: strides(&shape) };
+                    let vb = View { data: &y, offset: 0, strides: strides(&shape) };
+                    black_box(binary(&shape, va, vb, |p, q| p + q).unwrap())
+                })
+            });
+        }
+        // broadcast bias add: (n/256, 256) + (256,): read n + 256, write n
+        let cols = 256usize;
+        let rows = n / cols;
+        let out_shape = [rows, cols];
+        let bias = lcg(5, cols);
+        let xs = &x[..rows * cols];
+        g.throughput(Throughput::Bytes((8 * rows * cols + 4 * cols) as u64));
+        for t in THREADS {
+            g.bench_function(BenchmarkId::new(format!("bias_add/{label}"), format!("t{t}")), |b| {
+                set_num_threads(t);
+                b.iter(|| {
+                    let va = View { data: xs, offset: 0, strides: strides(&out_shape) };
+                    let vb = View { data: &bias, offset: 0, strides: broadcast_strides(&[cols], &out_shape) };
+                    black_box(binary(&out_shape, va, vb, |p, q| p + q).unwrap())
+                })
+            });
+        }
+    }
+    g.finish();
+}
+
+fn reductions(c: &mut Criterion) {
+    let mut g = c.benchmark_group("reduce");
+    for (n, label) in SIZES {
+        let x = lcg(6, n);
+        g.sample_size(sample_size_for(n));
+        // full sum / max: read n
+        g.throughput(Throughput::Bytes((4 * n) as u64));
+        for t in THREADS {
+            g.bench_function(BenchmarkId::new(format!("sum_all/{label}"), format!("t{t}")), |b| {
+                set_num_threads(t);
+                b.iter(|| black_box(reduce3(black_box(&x), 1, n, 1, Reduce::Sum).unwrap()))
+            });
+            g.bench_function(BenchmarkId::new(format!("max_all/{label}"), format!("t{t}")), |b| {
+                set_num_threads(t);
+                b.iter(|| black_box(reduce3(black_box(&x), 1, n, 1, Reduce::Max).unwrap()))
+            });
+        }
+        // column sum of a (n/256, 256) matrix over axis 0 (the bias gradient): read n, write 256
+        let cols = 256usize;
+        let rows = n / cols;
+        g.throughput(Throughput::Bytes((4 * rows * cols + 4 * cols) as u64));
+        for t in THREADS {
+            g.bench_function(BenchmarkId::new(format!("sum_axis0_256/{label}"), format!("t{t}")), |b| {
+                set_num_threads(t);
+                b.iter(|| black_box(reduce3(black_box(&x[..rows * cols]), 1, rows, cols, Reduce::Sum).unwrap()))
+            });
+        }
+        // row softmax, rows of 256 and of 10 (the classifier head): read n, write n
+        for width in [256usize, 10] {
+            let rows = n / width;
+            g.throughput(Throughput::Bytes((8 * rows * width) as u64));
+            for t in THREADS {
+                g.bench_function(BenchmarkId::new(format!("softmax_rows{width}/{label}"), format!("t{t}")), |b| {
+                    set_num_threads(t);
+                    b.iter(|| black_box(softmax_rows(black_box(&x[..rows * width]), width, false).unwrap()))
+                });
+            }
+        }
+    }
+    g.finish();
+}
+
+fn config() -> Criterion {
+    let secs: f64 = std::env::var("BENCH_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(1.0);
+    Criterion::default()
+        .warm_up_time(Duration::from_secs_f64((secs / 3.0).max(0.1)))
+        .measurement_time(Duration::from_secs_f64(secs))
+        .without_plots()
+        .configure_from_args()
+}
+
+criterion_group! {
+    name = benches;
+    config = config();
+    targets = gemm_square, gemm_mlp, elementwise, reductions
+}
+criterion_main!(benches);

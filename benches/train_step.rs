@@ -1,0 +1,96 @@
+//! One SGD step of an MLP 784-256-256-10 (relu, softmax cross-entropy, mean) through the Rust
+//! tape, no Python: forward (records the tape), backward (VJP sweep), and the fused SGD update.
+//! Throughput is `Elements(batch)`, so criterion prints examples/s.
+//!
+//!   cargo bench --bench train_step -- --quick
+use std::hint::black_box;
+use std::time::Duration;
+
+use batchgrad::ops::Op;
+use batchgrad::tape::{self, build};
+use batchgrad::{Tensor, Var};
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+
+fn lcg(seed: u64, n: usize, scale: f32) -> Vec<f32> {
+    let mut s = seed;
+    (0..n)
+        .map(|_| {
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (((s >> 40) as f32 / (1u64 << 24) as f32) - 0.5) * scale
+        })
+        .collect()
+}
+
+struct Mlp {
+    params: Vec<Var>, // w1, b1, w2, b2, w3, b3
+}
+
+impl Mlp {
+    fn new() -> Mlp {
+        let dims = [784usize, 256, 256, 10];
+        let mut params = Vec::new();
+        for (i, w) in dims.windows(2).enumerate() {
+            let (fan_in, fan_out) = (w[0], w[1]);
+            let s = 2.0 * (1.0 / fan_in as f32).sqrt();
+            params.push(Var::leaf(Tensor::new(lcg(10 + i as u64, fan_in * fan_out, s), vec![fan_in, fan_out]).unwrap(), true));
+            params.push(Var::leaf(Tensor::new(vec![0.0; fan_out], vec![fan_out]).unwrap(), true));
+        }
+        Mlp { params }
+    }
+
+    /// forward + backward + SGD(lr) update; returns the loss.
+    fn step(&self, x: &Var, labels: &Var, lr: f32) -> f32 {
+        let p = &self.params;
+        let mut h = x.clone();
+        for layer in 0..3 {
+            let z = build::add(&build::matmul(&h, &p[2 * layer], false, false).unwrap(), &p[2 * layer + 1]).unwrap();
+            h = if layer < 2 { Var::apply(Op::Relu, &[z]).unwrap() } else { z };
+        }
+        let per_ex = Var::apply(Op::SoftmaxXent, &[h, labels.clone()]).unwrap();
+        let loss = Var::apply(Op::Mean { axes: vec![], keepdims: false }, &[per_ex]).unwrap();
+        tape::backward(&loss, None, false).unwrap();
+        // the update runs on the crate pool, as the Python binding does
+        batchgrad::kernels::pool().install(|| {
+            for v in p {
+                let g = v.grad().unwrap();
+                v.with_value_mut(|t| batchgrad::optim::sgd(t.make_mut(), g.data(), None, lr, 0.0, 0.0, false, 0.0, false, false));
+                v.set_grad(None);
+            }
+        });
+        loss.value().data()[0]
+    }
+}
+
+fn train_step(c: &mut Criterion) {
+    let mut g = c.benchmark_group("train_step_mlp784");
+    for batch in [1usize, 32, 512] {
+        let x = Var::leaf(Tensor::new(lcg(1, batch * 784, 2.0), vec![batch, 784]).unwrap(), false);
+        let labels = Var::leaf(Tensor::new((0..batch).map(|i| (i % 10) as f32).collect(), vec![batch]).unwrap(), false);
+        g.throughput(Throughput::Elements(batch as u64));
+        g.sample_size(if batch >= 512 { 20 } else { 50 });
+        for t in [1usize, 2] {
+            let mlp = Mlp::new();
+            g.bench_function(BenchmarkId::new(format!("b{batch}"), format!("t{t}")), |b| {
+                batchgrad::kernels::set_num_threads(t);
+                b.iter(|| black_box(mlp.step(&x, &labels, 1e-3)))
+            });
+        }
+    }
+    g.finish();
+}
+
+fn config() -> Criterion {
+    let secs: f64 = std::env::var("BENCH_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(1.0);
+    Criterion::default()
+        .warm_up_time(Duration::from_secs_f64((secs / 3.0).max(0.1)))
+        .measurement_time(Duration::from_secs_f64(secs))
+        .without_plots()
+        .configure_from_args()
+}
+
+criterion_group! {
+    name = benches;
+    config = config();
+    targets = train_step
+}
+criterion_main!(benches);
