@@ -1,0 +1,52 @@
+"""Results are bit-identical whatever the thread count (fixed reduction order), and the thread
+count is set by bg.set_num_threads or BATCHGRAD_NUM_THREADS."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import batchgrad as bg
+
+
+def _step(seed=0):
+    r = np.random.default_rng(seed)
+    X = bg.tensor(r.normal(size=(512, 300)))
+    W1 = bg.tensor(r.normal(size=(300, 200)) * 0.05, requires_grad=True)
+    W2 = bg.tensor(r.normal(size=(200, 10)) * 0.05, requires_grad=True)
+    y = bg.tensor(r.integers(0, 10, 512).astype(np.float32))
+    h = (X @ W1).relu()
+    z = h @ W2
+    loss = bg.Tensor(bg._core.apply("softmax_xent", [z._v, y._v])).mean() + (h.sum(axis=0) ** 2).mean() * 1e-6 + bg.logsumexp(z, axis=0).sum()
+    loss.backward()
+    big = bg.tensor(r.normal(size=(3, 400_000)))
+    return [loss.numpy().copy(), W1.grad.numpy().copy(), W2.grad.numpy().copy(), big.sum().numpy().copy(),
+            big.sum(axis=1).numpy().copy(), big.max(axis=1).numpy().copy(), bg.softmax(big, axis=0).numpy().copy()]
+
+
+def test_results_are_bit_identical_across_thread_counts():
+    prev = bg.get_num_threads()
+    try:
+        outs = []
+        for n in (1, 2, 3):
+            bg.set_num_threads(n)
+            assert bg.get_num_threads() == n
+            outs.append(_step())
+        for other in outs[1:]:
+            for a, b in zip(outs[0], other):
+                assert a.tobytes() == b.tobytes()
+    finally:
+        bg.set_num_threads(prev)
+
+
+def test_env_variable_sets_threads():
+    env = dict(os.environ, BATCHGRAD_NUM_THREADS="3")
+    out = subprocess.run([sys.executable, "-c", "import batchgrad as bg; print(bg.get_num_threads())"],
+                         env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "3"
+
+
+def test_bad_thread_count():
+    with pytest.raises(ValueError, match="positive"):
+        bg.set_num_threads(0)
