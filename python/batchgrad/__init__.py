@@ -11,6 +11,8 @@ from .tensor import *  # noqa: F403
 from .tensor import __all__ as _tensor_all
 from . import data, datasets
 from .io import load, save
+from . import nn, optim
+from .train import evaluate, fit
 
 __version__ = "0.1.0"
 
@@ -20,8 +22,12 @@ def op_table() -> list[dict]:
     return _core.op_table()
 
 
-__all__ = list(_tensor_all) + ["data", "datasets", "save", "load", "op_table"]
+__all__ = list(_tensor_all) + ["data", "datasets", "save", "load", "op_table", "nn", "optim", "fit", "evaluate"]
 
 from .transforms import Graph, TracingError, grad, render_minibatch_graphs, replicate, trace, value_and_grad, vmap  # noqa: E402
 
 __all__ += ["Graph", "TracingError", "grad", "render_minibatch_graphs", "replicate", "trace", "value_and_grad", "vmap"]
+
+from .compile import compile_step  # noqa: E402
+
+__all__ += ["compile_step"]
