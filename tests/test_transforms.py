@@ -203,6 +203,7 @@ BATCH_CASES = {
     "elementwise": (lambda x: bg.where(x > 0, bg.sqrt(bg.abs(x) + 1) * x.sigmoid(), bg.minimum(bg.exp(x), -x).clip(-1, None)), (4, 3)),
     "log/pow/max": (lambda x: bg.log(x * x + 1) ** 1.5 + bg.maximum(x, 0.2) - x.sign() / 3, (4, 3)),
     "reductions": (lambda x: x.sum(axis=0) + x.mean(axis=1).sum() + x.max(axis=(0, 1)) + bg.logsumexp(x, axis=1, keepdims=True).sum(), (4, 3)),
+    "0-d reductions": (lambda x: x.sum().mean() + x.max().max(keepdims=True).sum() + bg.logsumexp(x.sum()) * x.mean(axis=0), (4, 3)),
     "softmax": (lambda x: x.softmax(axis=0) * bg.log_softmax(x, axis=-1), (4, 3)),
     "movement": (lambda x: bg.concatenate([x.T, x[1:, ::-1].reshape(3, -1).T], axis=1).broadcast_to((2, 3, 7)).transpose((2, 0, 1)), (4, 3)),
     "stack/take": (lambda x: bg.stack([x[[2, 0, 0]], x[::-1]], axis=1) + bg.take(x, [-1, 1], axis=1).sum(), (3, 2)),
@@ -234,3 +235,21 @@ def test_pictures(tmp_path, capsys):
         assert (tmp_path / "g.svg").read_text().lstrip().startswith(("<?xml", "<svg"))
     else:
         assert (tmp_path / "g.svg.dot").exists() and "not installed" in capsys.readouterr().out
+
+
+def test_vmap_of_a_loss_with_mean_reduction_over_one_example():
+    p = mlp_params()
+    X, Y = data(6)
+
+    def loss(p, x, y):
+        return bg.nn.functional.cross_entropy(bg.tanh(x @ p["W1"] + p["b1"]) @ p["W2"] + p["b2"], y)
+
+    per = bg.vmap(loss, in_axes=(None, 0, 0))(p, X, Y).numpy()
+    np.testing.assert_allclose(per, [loss(p, X[i], Y[i]).item() for i in range(6)], rtol=1e-5)
+    assert bg.replicate(loss, 6, in_axes=(None, 0, 0))(p, X, Y).item() == pytest.approx(per.sum(), rel=1e-5)
+
+
+def test_zero_d_arguments_keep_their_shape():
+    assert bg.grad(lambda w: (w * w).sum())(bg.tensor(3.0)).shape == ()
+    g = bg.trace(lambda w: w * 2, bg.tensor(1.0))
+    assert g.nodes[0]["shape"] == []

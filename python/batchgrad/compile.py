@@ -21,7 +21,7 @@ __all__ = ["compile_step", "CompiledStep"]
 
 
 def _placeholder(x: Tensor) -> Tensor:
-    return Tensor(_core.from_numpy(np.ascontiguousarray(x._v.numpy(), dtype=np.float32), True), x._bool)
+    return Tensor(_core.from_numpy(np.asarray(x._v.numpy(), dtype=np.float32, order="C"), True), x._bool)
 
 
 def _labels(y: Any) -> Tensor:

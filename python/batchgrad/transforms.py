@@ -67,6 +67,20 @@ def tree_flatten(x: Any) -> tuple[list[Tensor], Any]:
     return leaves, go(x)
 
 
+def tree_paths(tree: Any, prefix: str = "") -> list[str]:
+    """A readable name per leaf: dict keys, list positions (e.g. "W1", "x", "1.b")."""
+    kind, keys, kids = tree
+    if kind == "leaf":
+        return [prefix]
+    if kind == "none":
+        return []
+    labels = keys if kind == "dict" else [str(i) for i in range(len(kids))]
+    out: list[str] = []
+    for k, c in zip(labels, kids):
+        out += tree_paths(c, f"{prefix}.{k}" if prefix else str(k))
+    return out
+
+
 def tree_unflatten(tree: Any, leaves: Sequence[Any]) -> Any:
     it = iter(leaves)
 
@@ -97,12 +111,14 @@ class Graph:
     "node" (op, attrs, args = slot ids, shape).
     """
 
-    def __init__(self, program: Any, in_tree: Any, out_tree: Any, n_inputs: int, batched_inputs: Sequence[int] = ()) -> None:
+    def __init__(self, program: Any, in_tree: Any, out_tree: Any, n_inputs: int, batched_inputs: Sequence[int] = (),
+                 names: Sequence[str] | None = None) -> None:
         self.program = program
         self.nodes: list[dict] = list(program.nodes())
         self.outputs: list[int] = list(program.outputs)
         self.in_tree, self.out_tree, self.n_inputs = in_tree, out_tree, n_inputs
         self.batched_inputs = set(batched_inputs)
+        self.names = list(names) if names else [f"x{i}" for i in range(n_inputs)]
 
     # -- running
     def __call__(self, *args: Any) -> Any:
@@ -142,7 +158,7 @@ class Graph:
             mark = "  # batched" if n["id"] in bset else ""
             shp = _fmt_shape(n["shape"])
             if n["kind"] == "input":
-                lines.append(f"%{n['id']} = input[{n['index']}] : f32{shp}{mark}")
+                lines.append(f"%{n['id']} = input[{n['index']}] {self.names[n['index']]} : f32{shp}{mark}")
             elif n["kind"] == "captured":
                 lines.append(f"%{n['id']} = captured : f32{shp}")
             else:
@@ -162,17 +178,18 @@ class Graph:
         """Graphviz DOT: inputs as ellipses, parameters green, ops as boxes labelled with op and
         shape; nodes that carry the batch dimension are orange, with the batch dim marked `B=`."""
         bset = self.batched_slots()
+        bsize = {n["shape"][0] for n in self.nodes if n["kind"] == "input" and n["id"] in bset and n["shape"]}
         out = []
         for n in self.nodes:
             i, shp = n["id"], list(n["shape"])
             batched = i in bset
-            if batched and shp:
+            if batched and shp and shp[0] in bsize:
                 shape_lbl = f"[B={shp[0]}" + ("" if len(shp) == 1 else ", " + ", ".join(map(str, shp[1:]))) + "]"
             else:
                 shape_lbl = _fmt_shape(shp)
             if n["kind"] == "input":
                 fill = "#f4a259" if batched else "#bde0fe"
-                lbl = f"x{n['index']}\\n{shape_lbl}"
+                lbl = f"{self.names[n['index']]}\\n{shape_lbl}"
                 out.append(f'{_prefix}{i} [shape=ellipse, style=filled, fillcolor="{fill}", label="{lbl}"];')
             elif n["kind"] == "captured":
                 out.append(f'{_prefix}{i} [shape=box, style="rounded,filled", fillcolor="#b7e4c7", label="param\\n{shape_lbl}"];')
@@ -216,7 +233,7 @@ def trace(f: Callable[..., Any], *example_args: Any, batched_args: Sequence[int]
     tensors `f` closes over (parameters) become captured slots read at call time. `batched_args`
     names arguments whose leading dimension is a batch (only for highlighting in pictures)."""
     leaves, tree = tree_flatten(example_args)
-    phs = [Tensor(_core.from_numpy(np.ascontiguousarray(x._v.numpy(), dtype=np.float32), True), x._bool) for x in leaves]
+    phs = [Tensor(_core.from_numpy(np.asarray(x._v.numpy(), dtype=np.float32, order="C"), True), x._bool) for x in leaves]
     with _tracing():
         out = f(*tree_unflatten(tree, phs))
     out_leaves, out_tree = tree_flatten(out)
@@ -229,7 +246,12 @@ def trace(f: Callable[..., Any], *example_args: Any, batched_args: Sequence[int]
         if i in set(batched_args):
             bl.extend(range(at, at + n))
         at += n
-    return Graph(prog, tree, out_tree, len(leaves), bl)
+    names = tree_paths(tree)
+    if len(example_args) == 1:
+        names = [n.split(".", 1)[1] if "." in n else "x" for n in names]
+    else:
+        names = [n.split(".", 1)[1] if "." in n else f"arg{n}" for n in names]
+    return Graph(prog, tree, out_tree, len(leaves), bl, names)
 
 
 # ---- grad ---------------------------------------------------------------------------------------
@@ -238,7 +260,7 @@ def _diff_point(x: Tensor) -> Tensor:
     call's uses count), or a new leaf that requires grad."""
     if x.requires_grad:
         return T.reshape(x, x.shape)
-    return Tensor(_core.from_numpy(np.ascontiguousarray(x._v.numpy(), dtype=np.float32), True))
+    return Tensor(_core.from_numpy(np.asarray(x._v.numpy(), dtype=np.float32, order="C"), True))
 
 
 def _value_and_grad(f: Callable[..., Any], argnums: int | Sequence[int], args: tuple) -> tuple[Tensor, Any]:
@@ -321,6 +343,8 @@ def _elementwise(name: str) -> Callable:
 def _reduce_rule(name: str) -> Callable:
     def rule(attrs, xs, bs, shapes, out_shape, B):
         n = len(shapes[0])
+        if n == 0:  # reducing a 0-d example is the identity (and an empty axis list would mean "all")
+            return T.reshape(xs[0], (B,))
         axes = attrs.get("axes") or list(range(n))
         return _apply(name, xs, {**attrs, "axes": [_norm(a, n) + 1 for a in axes]})
     return rule

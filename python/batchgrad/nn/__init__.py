@@ -57,7 +57,7 @@ class Parameter(Tensor):
         arr = data.numpy() if isinstance(data, Tensor) else np.asarray(data)
         if arr.dtype.kind not in "biuf":
             raise TypeError(f"Parameter: expected numbers, got an array of dtype {arr.dtype}")
-        super().__init__(_core.from_numpy(np.ascontiguousarray(arr, dtype=np.float32), bool(requires_grad)))
+        super().__init__(_core.from_numpy(np.asarray(arr, dtype=np.float32, order="C"), bool(requires_grad)))
 
     def __repr__(self) -> str:
         return "Parameter containing:\n" + super().__repr__()
@@ -231,7 +231,7 @@ class Module:
         if errors:
             raise StateDictError(f"error(s) in loading state_dict for {type(self).__name__}:\n\t" + "\n\t".join(errors))
         for p, arr in values:
-            p._v.assign(_core.from_numpy(np.ascontiguousarray(arr, dtype=np.float32), False))
+            p._v.assign(_core.from_numpy(np.asarray(arr, dtype=np.float32, order="C"), False))
         return IncompatibleKeys(missing, unexpected)
 
     # ---- modes and grads ----------------------------------------------------------------

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from .. import _core
-from ..tensor import Tensor, as_tensor, exp, log, maximum, relu, reshape, sigmoid, tanh
+from ..tensor import _TRACE_DEPTH, Tensor, as_tensor, exp, log, maximum, relu, reshape, sigmoid, tanh
 from ..tensor import abs as _abs
 from ..tensor import log_softmax as _log_softmax
 from ..tensor import softmax as _softmax
@@ -105,7 +105,13 @@ def cross_entropy(input: Any, target: Any, reduction: str = "mean") -> Tensor:
     z = as_tensor(input)
     if z.ndim not in (1, 2):
         raise ValueError(f"cross_entropy: expected logits of shape (N, C) or (C,), got shape {z.shape}")
-    labels = _class_labels(target)
+    # A Tensor target stays on the graph (so a traced/compiled step reads each batch's labels);
+    # inside a trace its values are not read here: the op itself validates them at run time.
+    on_graph = isinstance(target, Tensor) and target.dtype != np.bool_
+    if on_graph and _TRACE_DEPTH[0]:
+        labels = np.zeros(target.shape, np.int64)
+    else:
+        labels = _class_labels(target)
     single = z.ndim == 1
     if single:
         if labels.size != 1 or labels.ndim > 1:
@@ -124,7 +130,10 @@ def cross_entropy(input: Any, target: Any, reduction: str = "mean") -> Tensor:
     if np.any(out_of_range):
         bad = int(labels[out_of_range][0])
         raise ValueError(f"cross_entropy: label {bad} is out of range for {c} classes (labels must be in [0, {c}))")
-    lab = _core.from_numpy(np.ascontiguousarray(labels, dtype=np.float32), False)
+    if on_graph:
+        lab = reshape(target, labels.shape)._v
+    else:
+        lab = _core.from_numpy(np.ascontiguousarray(labels, dtype=np.float32), False)
     per = Tensor(_core.apply("softmax_xent", [z._v, lab], None))
     if single:
         per = reshape(per, ())
