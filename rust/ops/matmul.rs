@@ -23,7 +23,10 @@ pub fn out_shape(a: &[usize], b: &[usize], ta: bool, tb: bool) -> Result<(Vec<us
     if k != k2 {
         bail!(Shape, "matmul: shapes {a:?} and {b:?} are not aligned: {k} (dim of a) != {k2} (dim of b)");
     }
-    let batch = broadcast_shapes(&a[..a.len() - 2], &b[..b.len() - 2], "matmul")?;
+    let batch = match broadcast_shapes(&a[..a.len() - 2], &b[..b.len() - 2], "matmul") {
+        Ok(s) => s,
+        Err(_) => bail!(Shape, "matmul: the batch dimensions of shapes {a:?} and {b:?} cannot be broadcast together"),
+    };
     let mut out = batch.clone();
     out.extend([m, n]);
     Ok((out, batch, m, k, n))

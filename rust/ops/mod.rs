@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use crate::bail;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::tape::Var;
 use crate::tensor::Tensor;
 
@@ -241,6 +241,17 @@ pub fn forward(op: &Op, ins: &[&Tensor]) -> Result<Tensor> {
     if spec.arity < 0 && ins.is_empty() {
         bail!(Value, "{}: needs at least one input", spec.name);
     }
+    // an allocation failure deep in a kernel only knows its element count: name the op and its inputs
+    run_forward(op, ins).map_err(|e| match e {
+        Error::Memory(m) => {
+            let shapes: Vec<String> = ins.iter().map(|t| format!("{:?}", t.shape)).collect();
+            Error::Memory(format!("{}: {m} (inputs of shapes {})", spec.name, shapes.join(", ")))
+        }
+        e => e,
+    })
+}
+
+fn run_forward(op: &Op, ins: &[&Tensor]) -> Result<Tensor> {
     use Op::*;
     match op {
         Neg | Exp | Log | Sqrt | Tanh | Sigmoid | Relu | Abs | Sign | PowScalar { .. } | Clip { .. } => unary::forward(op, ins[0]),

@@ -89,7 +89,11 @@ pub fn forward(op: &Op, ins: &[&Tensor]) -> Result<Tensor> {
             if shape.len() < sh.len() || broadcast_shapes(sh, shape, "broadcast_to")? != *shape {
                 bail!(Shape, "broadcast_to: cannot broadcast a tensor of shape {sh:?} to shape {shape:?}");
             }
-            Tensor::new(strided_copy(shape, View { data: x.data(), offset: 0, strides: broadcast_strides(sh, shape) })?, shape.clone())
+            let data = strided_copy(shape, View { data: x.data(), offset: 0, strides: broadcast_strides(sh, shape) }).map_err(|e| match e {
+                crate::Error::Memory(m) => crate::Error::Memory(format!("{m}, to broadcast to shape {shape:?}")),
+                e => e,
+            })?;
+            Tensor::new(data, shape.clone())
         }
         Op::Slice { start, step, len } => {
             let (off, sts, out) = slice_geom(sh, start, step, len)?;

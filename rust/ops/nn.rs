@@ -67,13 +67,13 @@ pub fn forward(op: &Op, ins: &[&Tensor]) -> Result<Tensor> {
             let data = if n == 0 { vec![f32::NEG_INFINITY; numel(&out_shape)] } else { data };
             Tensor::new(data, out_shape)
         }
-        // loss_i = logsumexp(z_i) - z_i[label_i]
+        // loss_i = logsumexp(z_i) - z_i[label_i] = -log_softmax(z_i)[label_i] (which keeps precision at large |z|)
         Op::SoftmaxXent => {
             let (n, c) = check_labels(x, ins[1], "cross_entropy")?;
-            let lse = logsumexp_rows(x.data(), c)?;
+            let ls = softmax_rows(x.data(), c, true)?;
             let mut out = alloc(n)?;
             for i in 0..n {
-                out[i] = lse[i] - x.data()[i * c + ins[1].data()[i] as usize];
+                out[i] = -ls[i * c + ins[1].data()[i] as usize];
             }
             Tensor::new(out, vec![n])
         }
@@ -109,11 +109,16 @@ pub fn vjp(op: &Op, ins: &[Var], y: &Var, g: &Var) -> Result<Vec<Option<Var>>> {
             let s = sum(g, vec![*axis], true)?;
             vec![Some(sub(g, &mul(&exp(y)?, &s)?)?)]
         }
-        // d logsumexp: g * exp(x - y), with g and y broadcast over the reduced axes
+        // d logsumexp: g * softmax(x) over the axes = g * e / sum(e) with e = exp(x - y). Normalising by
+        // sum(e) cancels the f32 rounding of y (ulp 1e-3 at |y| = 1e4), which exp(x - y) alone would keep.
+        // (y stays on the graph, not detached: a replayed program must shift by the current y.)
         Op::LogSumExp { axes, .. } => {
             let xs = x.shape();
-            let ks = reduced_shape(&xs, &norm_axes(axes, xs.len(), "logsumexp")?, true);
-            vec![Some(mul(&reshape(g, &ks)?, &exp(&sub(x, &reshape(y, &ks)?)?)?)?)]
+            let ax = norm_axes(axes, xs.len(), "logsumexp")?;
+            let ks = reduced_shape(&xs, &ax, true);
+            let e = exp(&sub(x, &reshape(y, &ks)?)?)?;
+            let p = div(&e, &sum(&e, ax.iter().map(|&a| a as i64).collect(), true)?)?;
+            vec![Some(mul(&reshape(g, &ks)?, &p)?)]
         }
         // d xent / d logits = softmax - onehot (fused); labels get no gradient
         Op::SoftmaxXent => vec![Some(Var::apply(Op::SoftmaxXentBackward, &[x.clone(), ins[1].clone(), g.clone()])?), None],

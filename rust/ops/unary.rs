@@ -62,8 +62,8 @@ unary_ops! {
     Op::Abs => f: |x| x.abs(), vjp: |x, y, g| Ok(Some(mul(g, &Var::apply(Op::Sign, &[x.clone()])?)?));
     // piecewise constant: no gradient
     Op::Sign => f: |x| sign(x), vjp: |x, y, g| Ok(None);
-    // d x^p = p x^(p-1)
-    Op::PowScalar { p } => f: |x| if p == 2.0 { x * x } else { x.powf(p) },
+    // d x^p = p x^(p-1). p = 0.5 runs sqrt, as numpy/torch x ** 0.5 do: (-inf) ** 0.5 = NaN, (-0) ** 0.5 = -0 (powf: +inf, +0)
+    Op::PowScalar { p } => f: |x| if p == 2.0 { x * x } else if p == 0.5 { x.sqrt() } else { x.powf(p) },
         vjp: |x, y, g| Ok(Some(mul(g, &scale(&Var::apply(Op::PowScalar { p: p - 1.0 }, &[x.clone()])?, p)?)?));
     // d clip = [lo <= x <= hi]
     Op::Clip { lo, hi } => f: |x| if x.is_nan() { x } else { x.max(lo).min(hi) },

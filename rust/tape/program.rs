@@ -37,6 +37,15 @@ pub struct Program {
 impl Program {
     /// Trace back from `outputs` to `inputs` (placeholders) through recorded nodes.
     pub fn from_graph(inputs: &[Var], outputs: &[Var]) -> Result<Program> {
+        // ops on an untracked input are not recorded: their trace-time values would be replayed as constants
+        if let Some((i, v)) = inputs.iter().enumerate().find(|(_, v)| !v.is_tracked()) {
+            bail!(
+                Value,
+                "program: input {i} (shape {:?}) is not on the tape, so ops on it were not recorded and would replay \
+                 stale values; make placeholders with requires_grad=True",
+                v.shape()
+            );
+        }
         let mut seen: HashMap<u64, Var> = HashMap::new();
         let mut nodes: HashMap<u64, Option<(Op, Vec<Var>)>> = HashMap::new();
         let placeholder: HashMap<u64, usize> = inputs.iter().enumerate().map(|(i, v)| (v.id(), i)).collect();
