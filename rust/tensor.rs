@@ -1,6 +1,7 @@
 //! `Tensor`: an immutable, contiguous, row-major float32 buffer and its shape.
 //! It knows nothing about gradients; the tape wraps it in `Var`.
-use std::sync::{Arc, OnceLock};
+use std::ops::{Deref, DerefMut};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::bail;
 use crate::error::Result;
@@ -8,8 +9,101 @@ use crate::shape::{numel, Shape};
 
 #[derive(Clone, Debug)]
 pub struct Tensor {
-    pub data: Arc<Vec<f32>>,
+    pub data: Arc<Buffer>,
     pub shape: Shape,
+}
+
+/// A tensor's storage. Large buffers go back to a small pool when dropped and are reused by the
+/// next allocation of the same size: a training step allocates the same sizes every step, and a
+/// fresh large allocation costs a page fault per 4 KiB on first touch.
+#[derive(Debug, Default)]
+pub struct Buffer(Vec<f32>);
+
+impl Buffer {
+    pub fn into_vec(mut self) -> Vec<f32> {
+        std::mem::take(&mut self.0)
+    }
+}
+
+impl Deref for Buffer {
+    type Target = [f32];
+    fn deref(&self) -> &[f32] {
+        &self.0
+    }
+}
+
+impl DerefMut for Buffer {
+    fn deref_mut(&mut self) -> &mut [f32] {
+        &mut self.0
+    }
+}
+
+impl Clone for Buffer {
+    fn clone(&self) -> Buffer {
+        let mut v = take_pooled(self.0.len()).unwrap_or_else(|| self.0.clone());
+        v.copy_from_slice(&self.0);
+        Buffer(v)
+    }
+}
+
+impl Drop for Buffer {
+    fn drop(&mut self) {
+        let v = std::mem::take(&mut self.0);
+        if v.len() >= POOL_MIN && v.len() == v.capacity() {
+            give_pooled(v);
+        }
+    }
+}
+
+/// Buffers at least this many floats (256 KiB) are pooled.
+const POOL_MIN: usize = 1 << 16;
+
+struct Pool {
+    free: Vec<Vec<f32>>,
+    bytes: usize,
+}
+
+fn pool() -> &'static Mutex<Pool> {
+    static P: OnceLock<Mutex<Pool>> = OnceLock::new();
+    P.get_or_init(|| Mutex::new(Pool { free: Vec::new(), bytes: 0 }))
+}
+
+fn pool_cap() -> usize {
+    (total_memory_bytes() / 16).min(1 << 30)
+}
+
+fn take_pooled(n: usize) -> Option<Vec<f32>> {
+    if n < POOL_MIN {
+        return None;
+    }
+    let mut p = pool().lock().ok()?;
+    let i = p.free.iter().rposition(|v| v.len() == n)?;
+    let v = p.free.swap_remove(i);
+    p.bytes -= n * 4;
+    Some(v)
+}
+
+fn give_pooled(v: Vec<f32>) {
+    let Ok(mut p) = pool().lock() else { return };
+    let cap = pool_cap();
+    if v.len() * 4 > cap {
+        return;
+    }
+    p.bytes += v.len() * 4;
+    p.free.push(v);
+    while p.bytes > cap {
+        let old = p.free.remove(0); // oldest first
+        p.bytes -= old.len() * 4;
+    }
+}
+
+/// Allocate `n` floats whose contents the caller overwrites completely (a reused buffer holds
+/// stale values): for kernels that write every element.
+pub fn alloc_for_overwrite(n: usize) -> Result<Vec<f32>> {
+    match take_pooled(n) {
+        Some(v) => Ok(v),
+        None => alloc(n),
+    }
 }
 
 fn total_memory_bytes() -> usize {
@@ -30,6 +124,10 @@ fn total_memory_bytes() -> usize {
 
 /// Allocate `n` zeroed floats, or a `Memory` error (never an abort) when the request cannot fit.
 pub fn alloc(n: usize) -> Result<Vec<f32>> {
+    if let Some(mut v) = take_pooled(n) {
+        v.iter_mut().for_each(|x| *x = 0.0);
+        return Ok(v);
+    }
     let bytes = n.checked_mul(4).filter(|&b| b <= isize::MAX as usize);
     match bytes {
         Some(b) if b <= total_memory_bytes() => {}
@@ -88,18 +186,18 @@ impl Tensor {
         if data.len() != checked_numel(&shape)? {
             bail!(Shape, "data of length {} does not fit shape {shape:?}", data.len());
         }
-        Ok(Tensor { data: Arc::new(data), shape })
+        Ok(Tensor { data: Arc::new(Buffer(data)), shape })
     }
     pub fn zeros(shape: &[usize]) -> Result<Tensor> {
-        Ok(Tensor { data: Arc::new(alloc(checked_numel(shape)?)?), shape: shape.to_vec() })
+        Ok(Tensor { data: Arc::new(Buffer(alloc(checked_numel(shape)?)?)), shape: shape.to_vec() })
     }
     pub fn full(shape: &[usize], v: f32) -> Result<Tensor> {
         let mut d = alloc(checked_numel(shape)?)?;
         d.iter_mut().for_each(|x| *x = v);
-        Ok(Tensor { data: Arc::new(d), shape: shape.to_vec() })
+        Ok(Tensor { data: Arc::new(Buffer(d)), shape: shape.to_vec() })
     }
     pub fn scalar(v: f32) -> Tensor {
-        Tensor { data: Arc::new(vec![v]), shape: vec![] }
+        Tensor { data: Arc::new(Buffer(vec![v])), shape: vec![] }
     }
     pub fn numel(&self) -> usize {
         numel(&self.shape)
@@ -117,6 +215,6 @@ impl Tensor {
     }
     /// Mutable access, copying first if the buffer is shared (copy-on-write).
     pub fn make_mut(&mut self) -> &mut [f32] {
-        Arc::make_mut(&mut self.data).as_mut_slice()
+        &mut Arc::make_mut(&mut self.data).0
     }
 }

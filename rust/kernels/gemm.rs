@@ -6,7 +6,7 @@ use rayon::prelude::*;
 
 use super::{num_threads, pool};
 use crate::error::Result;
-use crate::tensor::alloc;
+use crate::tensor::{alloc, alloc_for_overwrite};
 
 /// Inner dimensions up to this use the direct row-axpy path instead of the packed GEMM.
 const SMALL_K: usize = 4;
@@ -23,7 +23,7 @@ pub struct Operand<'a> {
 /// C[b] = op(A)[b] @ op(B)[b] for each batch b; offsets give each operand's matrix start.
 pub fn matmul(a: &Operand, b: &Operand, a_off: &[usize], b_off: &[usize], m: usize, k: usize, n: usize) -> Result<Vec<f32>> {
     let batch = a_off.len();
-    let mut out = alloc(batch * m * n)?;
+    let mut out = if k == 0 { alloc(batch * m * n)? } else { alloc_for_overwrite(batch * m * n)? };
     if m * n == 0 {
         return Ok(out);
     }

@@ -5,13 +5,13 @@ use rayon::prelude::*;
 use super::maybe_par;
 use crate::error::Result;
 use crate::shape::numel;
-use crate::tensor::alloc;
+use crate::tensor::alloc_for_overwrite;
 
 const CHUNK: usize = 1 << 14;
 
 /// out[i] = f(x[i]).
 pub fn unary(x: &[f32], f: impl Fn(f32) -> f32 + Sync + Send) -> Result<Vec<f32>> {
-    let mut out = alloc(x.len())?;
+    let mut out = alloc_for_overwrite(x.len())?;
     maybe_par(x.len(), |par| {
         if par {
             out.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).for_each(|(o, x)| o.iter_mut().zip(x).for_each(|(o, &x)| *o = f(x)));
@@ -105,7 +105,7 @@ fn for_rows<const N: usize>(
 
 /// Strided copy (transpose, broadcast_to, slicing with any step).
 pub fn strided_copy(out_shape: &[usize], v: View) -> Result<Vec<f32>> {
-    let mut out = alloc(numel(out_shape))?;
+    let mut out = alloc_for_overwrite(numel(out_shape))?;
     for_rows(&mut out, out_shape, [v], |o, [off], [st], [v]| {
         if st == 1 {
             o.copy_from_slice(&v.data[off as usize..off as usize + o.len()]);
@@ -121,7 +121,7 @@ pub fn strided_copy(out_shape: &[usize], v: View) -> Result<Vec<f32>> {
 /// Broadcasting binary map: out = f(a, b) over `out_shape`.
 pub fn binary(out_shape: &[usize], a: View, b: View, f: impl Fn(f32, f32) -> f32 + Sync + Send) -> Result<Vec<f32>> {
     let n = numel(out_shape);
-    let mut out = alloc(n)?;
+    let mut out = alloc_for_overwrite(n)?;
     let contiguous = |v: &View| v.offset == 0 && v.data.len() == n && v.strides == crate::shape::strides(out_shape);
     if contiguous(&a) && contiguous(&b) {
         let (a, b) = (a.data, b.data);
@@ -165,7 +165,7 @@ pub fn binary(out_shape: &[usize], a: View, b: View, f: impl Fn(f32, f32) -> f32
 
 /// Broadcasting ternary map (used by `where`).
 pub fn ternary(out_shape: &[usize], a: View, b: View, c: View, f: impl Fn(f32, f32, f32) -> f32 + Sync + Send) -> Result<Vec<f32>> {
-    let mut out = alloc(numel(out_shape))?;
+    let mut out = alloc_for_overwrite(numel(out_shape))?;
     for_rows(&mut out, out_shape, [a, b, c], |o, [oa, ob, oc], [sa, sb, sc], [va, vb, vc]| {
         for (j, o) in o.iter_mut().enumerate() {
             let j = j as isize;

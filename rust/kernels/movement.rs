@@ -3,12 +3,12 @@ use rayon::prelude::*;
 
 use super::maybe_par;
 use crate::error::Result;
-use crate::tensor::alloc;
+use crate::tensor::{alloc, alloc_for_overwrite};
 
 /// out[o, j, :] = x[o, idx[j], :]  (indices already normalised to 0..dim).
 pub fn take(x: &[f32], outer: usize, dim: usize, inner: usize, idx: &[usize]) -> Result<Vec<f32>> {
     let k = idx.len();
-    let mut out = alloc(outer * k * inner)?;
+    let mut out = alloc_for_overwrite(outer * k * inner)?;
     if out.is_empty() {
         return Ok(out);
     }
@@ -64,7 +64,7 @@ pub fn scatter_add(g: &[f32], outer: usize, dim: usize, inner: usize, idx: &[usi
 /// Concatenate parts laid out as (outer, dim_p, inner) along the middle axis.
 pub fn concat(parts: &[(&[f32], usize)], outer: usize, inner: usize) -> Result<Vec<f32>> {
     let total: usize = parts.iter().map(|p| p.1).sum();
-    let mut out = alloc(outer * total * inner)?;
+    let mut out = alloc_for_overwrite(outer * total * inner)?;
     if out.is_empty() {
         return Ok(out);
     }

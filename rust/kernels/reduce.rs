@@ -6,7 +6,7 @@ use rayon::prelude::*;
 use super::maybe_par;
 use crate::bail;
 use crate::error::Result;
-use crate::tensor::alloc;
+use crate::tensor::{alloc, alloc_for_overwrite};
 
 const BLOCK: usize = 4096;
 
@@ -137,7 +137,7 @@ pub fn reduce3(x: &[f32], outer: usize, red: usize, inner: usize, kind: Reduce) 
 
 /// Row-wise over rows of length `n`: softmax (`log = false`) or log-softmax (`log = true`).
 pub fn softmax_rows(x: &[f32], n: usize, log: bool) -> Result<Vec<f32>> {
-    let mut out = alloc(x.len())?;
+    let mut out = alloc_for_overwrite(x.len())?;
     if n == 0 {
         return Ok(out);
     }
@@ -175,7 +175,7 @@ pub fn softmax_rows(x: &[f32], n: usize, log: bool) -> Result<Vec<f32>> {
 /// Row-wise logsumexp over rows of length `n`.
 pub fn logsumexp_rows(x: &[f32], n: usize) -> Result<Vec<f32>> {
     let rows = if n == 0 { 0 } else { x.len() / n };
-    let mut out = alloc(rows)?;
+    let mut out = alloc_for_overwrite(rows)?;
     let f = |xr: &[f32]| -> f32 {
         let m = max_contig(xr);
         if m.is_nan() {

@@ -29,7 +29,7 @@ impl From<Error> for PyErr {
 
 /// Keeps a tensor buffer alive while numpy views it.
 #[pyclass(frozen)]
-struct Storage(#[allow(dead_code)] Arc<Vec<f32>>);
+struct Storage(#[allow(dead_code)] Arc<crate::tensor::Buffer>);
 
 /// A tensor on the tape (the Python `batchgrad.Tensor` wraps one).
 #[pyclass(name = "Var", module = "batchgrad._core", frozen)]
