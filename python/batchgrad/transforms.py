@@ -462,13 +462,21 @@ def _move_axis(x: Tensor, src: int, dst: int) -> Tensor:
     return T.transpose(x, perm)
 
 
-def vmap(f: Callable[..., Any], in_axes: int | None | Sequence[int | None] = 0, out_axes: int | Sequence[int] = 0) -> Callable[..., Any]:
+def vmap(f: Callable[..., Any], in_axes: int | None | Sequence[int | None] = 0, out_axes: int | Sequence[int] = 0,
+         cache: bool = True) -> Callable[..., Any]:
     """Vectorise a per-example function over a batch dimension (as `jax.vmap`).
 
     `in_axes`: one int/None for all arguments, or one per argument (None = not batched, e.g. the
-    parameters). The per-example function is traced once per call, then each op's batching rule
-    rewrites the graph: only nodes that depend on batched inputs get the batch dimension.
+    parameters). The per-example function is traced, then each op's batching rule rewrites the
+    graph: only nodes that depend on batched inputs get the batch dimension.
+
+    With `cache=True` the per-example graph is traced once per argument structure and per-example
+    shapes and reused (as `jax.jit` caches): tensors `f` closes over are read at call time, but
+    Python values it closes over are baked in at the first call - pass anything that changes as an
+    argument, or use `cache=False` to retrace on every call.
     """
+    graphs: dict[Any, Graph] = {}
+
     def batched(*args: Any) -> Any:
         axes = list(in_axes) if isinstance(in_axes, (list, tuple)) else [in_axes] * len(args)
         if len(axes) != len(args):
@@ -499,9 +507,14 @@ def vmap(f: Callable[..., Any], in_axes: int | None | Sequence[int | None] = 0, 
         B = next(iter(sizes))
         if B == 0:
             raise ValueError("vmap: the batch dimension has size 0")
-        examples = [x[0] if b else x for x, b in zip(leaves_all, flags)]
         tree = tree_flatten(args)[1]
-        g = trace(f, *tree_unflatten(tree, examples))
+        key = (repr(tree), tuple(x.shape[1:] if b else x.shape for x, b in zip(leaves_all, flags)), tuple(flags))
+        g = graphs.get(key) if cache else None
+        if g is None:
+            examples = [x[0] if b else x for x, b in zip(leaves_all, flags)]
+            g = trace(f, *tree_unflatten(tree, examples))
+            if cache:
+                graphs[key] = g
         outs = _interpret(g.nodes, g.outputs, leaves_all, flags, B)
         oax = list(out_axes) if isinstance(out_axes, (list, tuple)) else [out_axes] * len(outs)
         res = []
