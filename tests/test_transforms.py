@@ -253,3 +253,18 @@ def test_zero_d_arguments_keep_their_shape():
     assert bg.grad(lambda w: (w * w).sum())(bg.tensor(3.0)).shape == ()
     g = bg.trace(lambda w: w * 2, bg.tensor(1.0))
     assert g.nodes[0]["shape"] == []
+
+
+def test_transform_outputs_are_freed_without_the_garbage_collector():
+    import gc
+    import weakref
+    p = mlp_params()
+    X, Y = data(4)
+    gc.disable()
+    try:
+        out = bg.vmap(bg.grad(mlp_loss), in_axes=(None, 0, 0))(p, X, Y)
+        ref = weakref.ref(out["W1"])
+        del out
+        assert ref() is None  # no reference cycle keeps large per-example buffers alive
+    finally:
+        gc.enable()

@@ -49,22 +49,24 @@ def _tracing():
 
 
 # ---- pytrees ------------------------------------------------------------------------------------
+def _flatten(v: Any, leaves: list[Tensor]) -> Any:
+    if isinstance(v, dict):
+        keys = list(v.keys())
+        return ("dict", keys, [_flatten(v[k], leaves) for k in keys])
+    if isinstance(v, (list, tuple)):
+        return ("list" if isinstance(v, list) else "tuple", None, [_flatten(c, leaves) for c in v])
+    if v is None:
+        return ("none", None, None)
+    leaves.append(T.as_tensor(v))
+    return ("leaf", None, None)
+
+
 def tree_flatten(x: Any) -> tuple[list[Tensor], Any]:
     """Leaves (Tensors; numpy arrays and numbers are converted) and a structure to rebuild from."""
+    # module-level recursion, not a self-referencing closure: a closure cycle would keep the
+    # leaves (and their large buffers) alive until the garbage collector runs
     leaves: list[Tensor] = []
-
-    def go(v: Any) -> Any:
-        if isinstance(v, dict):
-            keys = list(v.keys())
-            return ("dict", keys, [go(v[k]) for k in keys])
-        if isinstance(v, (list, tuple)):
-            return ("list" if isinstance(v, list) else "tuple", None, [go(c) for c in v])
-        if v is None:
-            return ("none", None, None)
-        leaves.append(T.as_tensor(v))
-        return ("leaf", None, None)
-
-    return leaves, go(x)
+    return leaves, _flatten(x, leaves)
 
 
 def tree_paths(tree: Any, prefix: str = "") -> list[str]:
@@ -81,21 +83,20 @@ def tree_paths(tree: Any, prefix: str = "") -> list[str]:
     return out
 
 
+def _unflatten(t: Any, it: Any) -> Any:
+    kind, keys, kids = t
+    if kind == "leaf":
+        return next(it)
+    if kind == "none":
+        return None
+    if kind == "dict":
+        return {k: _unflatten(c, it) for k, c in zip(keys, kids)}
+    vals = [_unflatten(c, it) for c in kids]
+    return vals if kind == "list" else tuple(vals)
+
+
 def tree_unflatten(tree: Any, leaves: Sequence[Any]) -> Any:
-    it = iter(leaves)
-
-    def go(t: Any) -> Any:
-        kind, keys, kids = t
-        if kind == "leaf":
-            return next(it)
-        if kind == "none":
-            return None
-        if kind == "dict":
-            return {k: go(c) for k, c in zip(keys, kids)}
-        vals = [go(c) for c in kids]
-        return vals if kind == "list" else tuple(vals)
-
-    return go(tree)
+    return _unflatten(tree, iter(leaves))
 
 
 # ---- the traced graph ---------------------------------------------------------------------------
