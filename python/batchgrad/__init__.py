@@ -31,3 +31,5 @@ __all__ += ["Graph", "TracingError", "grad", "render_minibatch_graphs", "replica
 from .compile import compile_step  # noqa: E402
 
 __all__ += ["compile_step"]
+
+from . import lab  # noqa: E402  (bg.lab.<experiment>(...): the minibatch lab; matplotlib only when one runs)

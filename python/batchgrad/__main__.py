@@ -124,6 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--threads", type=_pos_int, default=None, help="threads of the CPU kernels (default: BATCHGRAD_NUM_THREADS or all cores)")
     t.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     t.set_defaults(func=cmd_train)
+    from .lab import add_lab_parser  # `batchgrad lab EXPERIMENT`: the minibatch lab
+    add_lab_parser(sub)
     return parser
 
 
