@@ -36,16 +36,11 @@ fn each(py: Python<'_>, params: &[PyRef<PyVar>], states: &[&[PyRef<PyVar>]], f: 
     py.detach(|| {
         crate::kernels::pool().install(|| {
             for (i, p) in ps.iter().enumerate() {
-                let mut pv = p.value();
-                let mut bufs: Vec<Tensor> = ss.iter().map(|s| s[i].value()).collect();
-                {
-                    let mut slices: Vec<&mut [f32]> = bufs.iter_mut().map(|b| b.make_mut()).collect();
-                    f(pv.make_mut(), grads[i].data(), &mut slices);
-                }
-                p.set_value(pv);
-                for (s, b) in ss.iter().zip(bufs) {
-                    s[i].set_value(b);
-                }
+                // update inside the Vars' own storage: no copy unless a buffer is shared
+                let mut pv = p.value_mut();
+                let mut bufs: Vec<_> = ss.iter().map(|s| s[i].value_mut()).collect();
+                let mut slices: Vec<&mut [f32]> = bufs.iter_mut().map(|b| b.make_mut()).collect();
+                f(pv.make_mut(), grads[i].data(), &mut slices);
             }
         })
     });

@@ -114,9 +114,10 @@ impl Var {
     pub fn set_value(&self, t: Tensor) {
         *self.0.value.write().unwrap() = t;
     }
-    /// Mutate the value in place (copy-on-write if its buffer is shared, e.g. by a numpy view).
-    pub fn with_value_mut<R>(&self, f: impl FnOnce(&mut Tensor) -> R) -> R {
-        f(&mut self.0.value.write().unwrap())
+    /// Write access to the value, for in-place updates (`Tensor::make_mut` copies first only if
+    /// the buffer is shared, e.g. by a numpy view).
+    pub fn value_mut(&self) -> std::sync::RwLockWriteGuard<'_, Tensor> {
+        self.0.value.write().unwrap()
     }
     pub fn is_leaf(&self) -> bool {
         matches!(*self.0.node.lock().unwrap(), Node::Leaf)
