@@ -2,7 +2,7 @@
 //! coalesces dimensions and walks rows (inner loops over the last dimension).
 use rayon::prelude::*;
 
-use super::maybe_par;
+use super::{maybe_par, simd};
 use crate::error::Result;
 use crate::shape::numel;
 use crate::tensor::alloc_for_overwrite;
@@ -12,11 +12,12 @@ const CHUNK: usize = 1 << 14;
 /// out[i] = f(x[i]).
 pub fn unary(x: &[f32], f: impl Fn(f32) -> f32 + Sync + Send) -> Result<Vec<f32>> {
     let mut out = alloc_for_overwrite(x.len())?;
+    let run = |o: &mut [f32], x: &[f32]| simd::dispatch(|| o.iter_mut().zip(x).for_each(|(o, &x)| *o = f(x)));
     maybe_par(x.len(), |par| {
         if par {
-            out.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).for_each(|(o, x)| o.iter_mut().zip(x).for_each(|(o, &x)| *o = f(x)));
+            out.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).for_each(|(o, x)| run(o, x));
         } else {
-            out.iter_mut().zip(x).for_each(|(o, &x)| *o = f(x));
+            run(&mut out, x);
         }
     });
     Ok(out)
@@ -129,10 +130,10 @@ pub fn binary(out_shape: &[usize], a: View, b: View, f: impl Fn(f32, f32) -> f32
             if par {
                 out.par_chunks_mut(CHUNK).enumerate().for_each(|(c, o)| {
                     let (s, len) = (c * CHUNK, o.len());
-                    o.iter_mut().zip(&a[s..s + len]).zip(&b[s..s + len]).for_each(|((o, &x), &y)| *o = f(x, y));
+                    simd::dispatch(|| o.iter_mut().zip(&a[s..s + len]).zip(&b[s..s + len]).for_each(|((o, &x), &y)| *o = f(x, y)));
                 });
             } else {
-                out.iter_mut().zip(a).zip(b).for_each(|((o, &x), &y)| *o = f(x, y));
+                simd::dispatch(|| out.iter_mut().zip(a).zip(b).for_each(|((o, &x), &y)| *o = f(x, y)));
             }
         });
         return Ok(out);

@@ -12,6 +12,7 @@ pub mod gemm;
 pub mod map;
 pub mod movement;
 pub mod reduce;
+pub mod simd;
 
 /// Below this many elements a kernel runs serially.
 pub const PAR_MIN_LEN: usize = 1 << 15;

@@ -3,7 +3,7 @@
 //! number of threads.
 use rayon::prelude::*;
 
-use super::maybe_par;
+use super::{maybe_par, simd};
 use crate::bail;
 use crate::error::Result;
 use crate::tensor::{alloc, alloc_for_overwrite};
@@ -64,14 +64,22 @@ fn nan_max(m: f32, v: f32) -> f32 {
 }
 
 fn max_contig(x: &[f32]) -> f32 {
-    let mut m = f32::NEG_INFINITY;
-    for &v in x {
-        if v.is_nan() {
-            return f32::NAN;
+    // 16 independent lanes and a NaN flag: no early exit, so the loop vectorises
+    let mut lanes = [f32::NEG_INFINITY; 16];
+    let mut nan = false;
+    let mut it = x.chunks_exact(16);
+    for c in &mut it {
+        for k in 0..16 {
+            lanes[k] = if c[k] > lanes[k] { c[k] } else { lanes[k] };
+            nan |= c[k].is_nan();
         }
+    }
+    let mut m = lanes.iter().fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m });
+    for &v in it.remainder() {
+        nan |= v.is_nan();
         m = nan_max(m, v);
     }
-    m
+    if nan { f32::NAN } else { m }
 }
 
 /// Reduce `x` laid out as (outer, red, inner) over the middle axis -> (outer, inner).
@@ -147,7 +155,7 @@ pub fn softmax_rows(x: &[f32], n: usize, log: bool) -> Result<Vec<f32>> {
         if log {
             let mut s = 0f32;
             for &v in xr {
-                s += (v - m).exp();
+                s += simd::exp(v - m);
             }
             // (v - m) - ln s, not v - (m + ln s): m + ln s rounds at the scale of m (1e-3 at |m| = 1e4)
             let ls = s.ln();
@@ -155,7 +163,7 @@ pub fn softmax_rows(x: &[f32], n: usize, log: bool) -> Result<Vec<f32>> {
         } else {
             let mut s = 0f32;
             o.iter_mut().zip(xr).for_each(|(o, &v)| {
-                *o = (v - m).exp();
+                *o = simd::exp(v - m);
                 s += *o;
             });
             let inv = 1.0 / s;
@@ -186,7 +194,7 @@ pub fn logsumexp_rows(x: &[f32], n: usize) -> Result<Vec<f32>> {
         }
         let mut s = 0f32;
         for &v in xr {
-            s += (v - m).exp();
+            s += simd::exp(v - m);
         }
         s.ln() + m
     };

@@ -2,21 +2,10 @@
 #![allow(unused_variables)]
 use super::Op;
 use crate::error::Result;
-use crate::kernels::map;
+use crate::kernels::{map, simd};
 use crate::tape::build::*;
 use crate::tape::Var;
 use crate::tensor::Tensor;
-
-#[inline(always)]
-fn sigmoid(x: f32) -> f32 {
-    // stable for large |x|: never evaluates exp of a large positive number
-    if x >= 0.0 {
-        1.0 / (1.0 + (-x).exp())
-    } else {
-        let e = x.exp();
-        e / (1.0 + e)
-    }
-}
 
 #[inline(always)]
 fn sign(x: f32) -> f32 {
@@ -47,15 +36,15 @@ unary_ops! {
     // d(-x) = -1
     Op::Neg => f: |x| -x, vjp: |x, y, g| Ok(Some(neg(g)?));
     // d e^x = e^x = y
-    Op::Exp => f: |x| x.exp(), vjp: |x, y, g| Ok(Some(mul(g, y)?));
+    Op::Exp => f: |x| simd::exp(x), vjp: |x, y, g| Ok(Some(mul(g, y)?));
     // d ln x = 1/x
     Op::Log => f: |x| x.ln(), vjp: |x, y, g| Ok(Some(div(g, x)?));
     // d sqrt x = 1/(2y)
     Op::Sqrt => f: |x| x.sqrt(), vjp: |x, y, g| Ok(Some(div(g, &scale(y, 2.0)?)?));
     // d tanh = 1 - y^2
-    Op::Tanh => f: |x| x.tanh(), vjp: |x, y, g| Ok(Some(mul(g, &rsub(1.0, &mul(y, y)?)?)?));
+    Op::Tanh => f: |x| simd::tanh(x), vjp: |x, y, g| Ok(Some(mul(g, &rsub(1.0, &mul(y, y)?)?)?));
     // d sigmoid = y (1 - y)
-    Op::Sigmoid => f: |x| sigmoid(x), vjp: |x, y, g| Ok(Some(mul(g, &mul(y, &rsub(1.0, y)?)?)?));
+    Op::Sigmoid => f: |x| simd::sigmoid(x), vjp: |x, y, g| Ok(Some(mul(g, &mul(y, &rsub(1.0, y)?)?)?));
     // d relu = [x > 0]
     Op::Relu => f: |x| if x > 0.0 { x } else if x.is_nan() { x } else { 0.0 }, vjp: |x, y, g| Ok(Some(mul(g, &cmp(Op::Gt, x, &Var::scalar(0.0))?)?));
     // d |x| = sign(x)
