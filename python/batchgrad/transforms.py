@@ -477,6 +477,7 @@ def vmap(f: Callable[..., Any], in_axes: int | None | Sequence[int | None] = 0, 
     argument, or use `cache=False` to retrace on every call.
     """
     graphs: dict[Any, Graph] = {}
+    batched_graphs: dict[Any, Graph] = {}
 
     def batched(*args: Any) -> Any:
         axes = list(in_axes) if isinstance(in_axes, (list, tuple)) else [in_axes] * len(args)
@@ -516,14 +517,29 @@ def vmap(f: Callable[..., Any], in_axes: int | None | Sequence[int | None] = 0, 
             g = trace(f, *tree_unflatten(tree, examples))
             if cache:
                 graphs[key] = g
-        outs = _interpret(g.nodes, g.outputs, leaves_all, flags, B)
-        oax = list(out_axes) if isinstance(out_axes, (list, tuple)) else [out_axes] * len(outs)
-        res = []
-        for (v, b), ax in zip(outs, oax):
-            if not b:
-                v = T.broadcast_to(v, (B,) + v.shape)
-            res.append(_move_axis(v, 0, ax))
-        return tree_unflatten(g.out_tree, res)
+        oax = list(out_axes) if isinstance(out_axes, (list, tuple)) else [out_axes] * len(g.outputs)
+
+        def run_batched(*leaves: Tensor) -> list[Tensor]:
+            res = []
+            for (v, b), ax in zip(_interpret(g.nodes, g.outputs, leaves, flags, B), oax):
+                if not b:
+                    v = T.broadcast_to(v, (B,) + v.shape)
+                res.append(_move_axis(v, 0, ax))
+            return res
+
+        # Nothing to differentiate and not inside a trace: replay the batched graph as ONE flat
+        # program in Rust (built once per batch size) instead of op by op from Python.
+        fast = cache and not T._TRACE_DEPTH[0] and not any(x.requires_grad for x in leaves_all) and not any(
+            n["kind"] == "captured" and n["var"].requires_grad for n in g.nodes)
+        if fast:
+            bkey = (key, B)
+            bg_graph = batched_graphs.get(bkey)
+            if bg_graph is None:
+                bg_graph = batched_graphs[bkey] = trace(run_batched, *leaves_all)
+            outs = [Tensor(o) for o in bg_graph.program.run([x._v for x in leaves_all])]
+        else:
+            outs = run_batched(*leaves_all)
+        return tree_unflatten(g.out_tree, outs)
 
     batched.__name__ = f"vmap({getattr(f, '__name__', 'f')})"
     return batched
