@@ -180,11 +180,18 @@ class Graph:
         shape; nodes that carry the batch dimension are orange, with the batch dim marked `B=`."""
         bset = self.batched_slots()
         bsize = {n["shape"][0] for n in self.nodes if n["kind"] == "input" and n["id"] in bset and n["shape"]}
+        # a node carries the batch dimension when its leading dim is B and it comes from a node
+        # that carries it (so a per-example copy whose width happens to equal B is not marked)
+        marked: set[int] = set()
+        for n in self.nodes:
+            lead = n["shape"][0] if n["shape"] else None
+            if n["id"] in bset and lead in bsize and (n["kind"] == "input" or any(a in marked for a in n.get("args", []))):
+                marked.add(n["id"])
         out = []
         for n in self.nodes:
             i, shp = n["id"], list(n["shape"])
             batched = i in bset
-            if batched and shp and shp[0] in bsize:
+            if i in marked:
                 shape_lbl = f"[B={shp[0]}" + ("" if len(shp) == 1 else ", " + ", ".join(map(str, shp[1:]))) + "]"
             else:
                 shape_lbl = _fmt_shape(shp)
