@@ -143,38 +143,54 @@ pub fn reduce3(x: &[f32], outer: usize, red: usize, inner: usize, kind: Reduce) 
     Ok(out)
 }
 
+/// sum of e^(v - m) over a row, in 16 independent lanes (vectorises; fixed order)
+#[inline(always)]
+fn sum_exp(xr: &[f32], m: f32) -> f32 {
+    let mut lanes = [0f32; 16];
+    let mut it = xr.chunks_exact(16);
+    for c in &mut it {
+        for k in 0..16 {
+            lanes[k] += simd::exp(c[k] - m);
+        }
+    }
+    let mut s = 0f32;
+    for &v in it.remainder() {
+        s += simd::exp(v - m);
+    }
+    lanes.iter().sum::<f32>() + s
+}
+
+/// Run `row(x_row, out_row)` over rows of length `n` (`ow` output floats per row), in the pool
+/// for large inputs, each task compiled for the CPU's widest SIMD.
+fn for_each_row(x: &[f32], out: &mut [f32], n: usize, ow: usize, row: impl Fn(&[f32], &mut [f32]) + Sync + Send) {
+    let rows_per_task = ((1usize << 14) / n.max(1)).max(1);
+    let task = |xs: &[f32], os: &mut [f32]| simd::dispatch(|| xs.chunks(n).zip(os.chunks_mut(ow)).for_each(|(xr, o)| row(xr, o)));
+    maybe_par(x.len(), |par| {
+        if par {
+            x.par_chunks(rows_per_task * n).zip(out.par_chunks_mut(rows_per_task * ow)).for_each(|(xs, os)| task(xs, os));
+        } else {
+            task(x, out);
+        }
+    });
+}
+
 /// Row-wise over rows of length `n`: softmax (`log = false`) or log-softmax (`log = true`).
 pub fn softmax_rows(x: &[f32], n: usize, log: bool) -> Result<Vec<f32>> {
     let mut out = alloc_for_overwrite(x.len())?;
     if n == 0 {
         return Ok(out);
     }
-    let row = |xr: &[f32], o: &mut [f32]| {
+    for_each_row(x, &mut out, n, n, |xr, o| {
         let m = max_contig(xr);
         let m = if m.is_finite() { m } else if m.is_nan() { m } else { 0.0 };
         if log {
-            let mut s = 0f32;
-            for &v in xr {
-                s += simd::exp(v - m);
-            }
             // (v - m) - ln s, not v - (m + ln s): m + ln s rounds at the scale of m (1e-3 at |m| = 1e4)
-            let ls = s.ln();
+            let ls = sum_exp(xr, m).ln();
             o.iter_mut().zip(xr).for_each(|(o, &v)| *o = (v - m) - ls);
         } else {
-            let mut s = 0f32;
-            o.iter_mut().zip(xr).for_each(|(o, &v)| {
-                *o = simd::exp(v - m);
-                s += *o;
-            });
-            let inv = 1.0 / s;
+            o.iter_mut().zip(xr).for_each(|(o, &v)| *o = simd::exp(v - m));
+            let inv = (1.0 / block_sum(o)) as f32;
             o.iter_mut().for_each(|o| *o *= inv);
-        }
-    };
-    maybe_par(x.len(), |par| {
-        if par {
-            out.par_chunks_mut(n).zip(x.par_chunks(n)).for_each(|(o, xr)| row(xr, o));
-        } else {
-            out.chunks_mut(n).zip(x.chunks(n)).for_each(|(o, xr)| row(xr, o));
         }
     });
     Ok(out)
@@ -184,26 +200,13 @@ pub fn softmax_rows(x: &[f32], n: usize, log: bool) -> Result<Vec<f32>> {
 pub fn logsumexp_rows(x: &[f32], n: usize) -> Result<Vec<f32>> {
     let rows = if n == 0 { 0 } else { x.len() / n };
     let mut out = alloc_for_overwrite(rows)?;
-    let f = |xr: &[f32]| -> f32 {
+    if rows == 0 {
+        return Ok(out);
+    }
+    for_each_row(x, &mut out, n, 1, |xr, o| {
         let m = max_contig(xr);
-        if m.is_nan() {
-            return m;
-        }
-        if m.is_infinite() {
-            return m; // all -inf -> -inf, any +inf -> +inf
-        }
-        let mut s = 0f32;
-        for &v in xr {
-            s += simd::exp(v - m);
-        }
-        s.ln() + m
-    };
-    maybe_par(x.len(), |par| {
-        if par {
-            out.par_iter_mut().zip(x.par_chunks(n.max(1))).for_each(|(o, xr)| *o = f(xr));
-        } else {
-            out.iter_mut().zip(x.chunks(n.max(1))).for_each(|(o, xr)| *o = f(xr));
-        }
+        // NaN stays NaN; all -inf gives -inf; any +inf gives +inf
+        o[0] = if m.is_nan() || m.is_infinite() { m } else { sum_exp(xr, m).ln() + m };
     });
     Ok(out)
 }
