@@ -80,7 +80,8 @@ pub fn matmul(a: &Operand, b: &Operand, a_off: &[usize], b_off: &[usize], m: usi
         });
         return Ok(out);
     }
-    let small = flops < (1 << 18);
+    // split a product across threads only when each thread gets several MFLOP and a real panel
+    let small = flops < (1 << 23) || m.min(n) < 16 || k <= SMALL_K;
     if threads <= 1 || (small && batch == 1) {
         for (i, dst) in out.chunks_mut(m * n).enumerate() {
             one(dst, a_off[i], b_off[i], Parallelism::None);

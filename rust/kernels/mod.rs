@@ -14,8 +14,9 @@ pub mod movement;
 pub mod reduce;
 pub mod simd;
 
-/// Below this many elements a kernel runs serially.
-pub const PAR_MIN_LEN: usize = 1 << 15;
+/// Below this many elements a kernel runs serially: a fork-join into the pool costs ~10 us here,
+/// more than a memory-bound pass over fewer than ~256K floats (benches/RESULTS.md, section 5).
+pub const PAR_MIN_LEN: usize = 1 << 18;
 
 fn pool_slot() -> &'static RwLock<Arc<ThreadPool>> {
     static POOL: OnceLock<RwLock<Arc<ThreadPool>>> = OnceLock::new();
