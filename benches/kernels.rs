@@ -2,7 +2,11 @@
 //!   * GEMM: `Throughput::Elements(2*m*n*k)`  -> "Gelem/s" reads as GFLOP/s;
 //!   * elementwise / reductions: `Throughput::Bytes(bytes read + bytes written)` -> GB/s
 //!     (GiB/s as criterion prints it).
+//!
 //! Every kernel runs at 1 and 2 threads (`kernels::set_num_threads`); the bench id carries `t1`/`t2`.
+//! Each output is wrapped in a `Tensor` and dropped inside the timed loop, as an op's result is,
+//! so large buffers go back to the crate's storage pool and are reused by the next call;
+//! `unary_relu_fresh_vec` drops the bare `Vec` instead and shows the cost of fresh memory.
 //!
 //!   cargo bench --bench kernels -- --quick            # a few minutes on 2 cores
 //!   cargo bench --bench kernels -- 'gemm_square'      # one group (criterion's filter)
@@ -15,11 +19,18 @@ use std::time::Duration;
 use batchgrad::kernels::gemm::{matmul, Operand};
 use batchgrad::kernels::map::{binary, unary, View};
 use batchgrad::kernels::reduce::{reduce3, softmax_rows, Reduce};
-use batchgrad::kernels::set_num_threads;
+use batchgrad::kernels::{set_num_threads, simd};
 use batchgrad::shape::{broadcast_strides, strides};
+use batchgrad::Tensor;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 
 const THREADS: [usize; 2] = [1, 2];
+
+/// Wrap a kernel's output as an op does (dropping the Tensor returns big buffers to the pool).
+fn keep(v: Vec<f32>) -> Tensor {
+    let n = v.len();
+    Tensor::new(v, vec![n]).unwrap()
+}
 
 fn lcg(seed: u64, n: usize) -> Vec<f32> {
     let mut s = seed;
@@ -64,7 +75,7 @@ impl GemmCase {
     fn new(v: Var, m: usize, k: usize, n: usize) -> Self {
         GemmCase { a: lcg(1, m * k), b: lcg(2, k * n), v, m, k, n }
     }
-    fn run(&self) -> Vec<f32> {
+    fn run(&self) -> Tensor {
         let (m, k, n) = (self.m, self.k, self.n);
         let (a, b) = match self.v {
             Var::NN => (
@@ -80,7 +91,7 @@ impl GemmCase {
                 Operand { data: &self.b, rows: k, cols: n, trans: false },
             ),
         };
-        matmul(&a, &b, &[0], &[0], m, k, n).unwrap()
+        keep(matmul(&a, &b, &[0], &[0], m, k, n).unwrap())
     }
     fn flops(&self) -> u64 {
         2 * (self.m * self.k * self.n) as u64
@@ -89,7 +100,7 @@ impl GemmCase {
 
 fn gemm_group(c: &mut Criterion, group: &str, shapes: &[(String, usize, usize, usize)]) {
     let mut g = c.benchmark_group(group);
-    for &(ref label, m, k, n) in shapes {
+    for (label, m, k, n) in shapes.iter().map(|(l, m, k, n)| (l, *m, *k, *n)) {
         for v in [Var::NN, Var::NT, Var::TN] {
             let case = GemmCase::new(v, m, k, n);
             g.throughput(Throughput::Elements(case.flops()));
@@ -149,14 +160,32 @@ fn elementwise(c: &mut Criterion) {
         g.throughput(Throughput::Bytes((8 * n) as u64));
         for t in THREADS {
             set_num_threads(t);
+            // the registry's tanh / exp (vectorisable polynomials, run under SIMD dispatch by `unary`)
             g.bench_function(BenchmarkId::new(format!("unary_tanh/{label}"), format!("t{t}")), |b| {
                 set_num_threads(t);
-                b.iter(|| black_box(unary(black_box(&x), |v| v.tanh()).unwrap()))
+                b.iter(|| black_box(keep(unary(black_box(&x), simd::tanh).unwrap())))
             });
+            g.bench_function(BenchmarkId::new(format!("unary_exp/{label}"), format!("t{t}")), |b| {
+                set_num_threads(t);
+                b.iter(|| black_box(keep(unary(black_box(&x), simd::exp).unwrap())))
+            });
+            if n <= 1_000_000 {
+                // reference: the standard library's scalar tanhf
+                g.bench_function(BenchmarkId::new(format!("unary_tanh_libm/{label}"), format!("t{t}")), |b| {
+                    set_num_threads(t);
+                    b.iter(|| black_box(keep(unary(black_box(&x), |v| v.tanh()).unwrap())))
+                });
+            }
             g.bench_function(BenchmarkId::new(format!("unary_relu/{label}"), format!("t{t}")), |b| {
                 set_num_threads(t);
-                b.iter(|| black_box(unary(black_box(&x), |v| v.max(0.0)).unwrap()))
+                b.iter(|| black_box(keep(unary(black_box(&x), |v| v.max(0.0)).unwrap())))
             });
+            if n >= 1_000_000 {
+                g.bench_function(BenchmarkId::new(format!("unary_relu_fresh_vec/{label}"), format!("t{t}")), |b| {
+                    set_num_threads(t);
+                    b.iter(|| black_box(unary(black_box(&x), |v| v.max(0.0)).unwrap()))
+                });
+            }
         }
         // binary contiguous: read 2n, write n
         g.throughput(Throughput::Bytes((12 * n) as u64));
@@ -167,7 +196,7 @@ fn elementwise(c: &mut Criterion) {
                 b.iter(|| {
                     let va = View { data: &x, offset: 0, strides: strides(&shape) };
                     let vb = View { data: &y, offset: 0, strides: strides(&shape) };
-                    black_box(binary(&shape, va, vb, |p, q| p + q).unwrap())
+                    black_box(keep(binary(&shape, va, vb, |p, q| p + q).unwrap()))
                 })
             });
         }
@@ -184,7 +213,7 @@ fn elementwise(c: &mut Criterion) {
                 b.iter(|| {
                     let va = View { data: xs, offset: 0, strides: strides(&out_shape) };
                     let vb = View { data: &bias, offset: 0, strides: broadcast_strides(&[cols], &out_shape) };
-                    black_box(binary(&out_shape, va, vb, |p, q| p + q).unwrap())
+                    black_box(keep(binary(&out_shape, va, vb, |p, q| p + q).unwrap()))
                 })
             });
         }
@@ -226,7 +255,7 @@ fn reductions(c: &mut Criterion) {
             for t in THREADS {
                 g.bench_function(BenchmarkId::new(format!("softmax_rows{width}/{label}"), format!("t{t}")), |b| {
                     set_num_threads(t);
-                    b.iter(|| black_box(softmax_rows(black_box(&x[..rows * width]), width, false).unwrap()))
+                    b.iter(|| black_box(keep(softmax_rows(black_box(&x[..rows * width]), width, false).unwrap())))
                 });
             }
         }

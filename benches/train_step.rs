@@ -53,7 +53,9 @@ impl Mlp {
         batchgrad::kernels::pool().install(|| {
             for v in p {
                 let g = v.grad().unwrap();
-                v.with_value_mut(|t| batchgrad::optim::sgd(t.make_mut(), g.data(), None, lr, 0.0, 0.0, false, 0.0, false, false));
+                let mut t = v.value_mut();
+                batchgrad::optim::sgd(t.make_mut(), g.data(), None, lr, 0.0, 0.0, false, 0.0, false, false);
+                drop(t);
                 v.set_grad(None);
             }
         });
