@@ -26,6 +26,14 @@ use rayon::prelude::*;
 const CHUNK: usize = 32_768;
 /// Buffers at least this long take the parallel path.
 const PAR_THRESHOLD: usize = 1 << 16;
+
+/// Go parallel only for long buffers and only when already running inside a rayon pool (the
+/// caller decides: the Python layer installs into the crate's pool for large updates and runs
+/// small ones inline, so no other pool is ever started and no handoff is paid for tiny work).
+#[inline]
+fn par(n: usize) -> bool {
+    n >= PAR_THRESHOLD && rayon::current_thread_index().is_some()
+}
 /// Fixed block size of the [`sum_sq`] reduction.
 const SUM_BLOCK: usize = 4096;
 
@@ -149,7 +157,7 @@ pub fn sgd(
         first,
         maximize,
     };
-    if n >= PAR_THRESHOLD {
+    if par(n) {
         let work: Vec<_> = p
             .chunks_mut(CHUNK)
             .zip(g.chunks(CHUNK))
@@ -281,7 +289,7 @@ pub fn adam(
         bc2_sqrt: bias_correction2.sqrt() as f32,
         maximize,
     };
-    if n >= PAR_THRESHOLD {
+    if par(n) {
         let work: Vec<_> = p
             .chunks_mut(CHUNK)
             .zip(g.chunks(CHUNK))
@@ -422,7 +430,7 @@ pub fn rmsprop(
         momentum,
         maximize,
     };
-    if n >= PAR_THRESHOLD {
+    if par(n) {
         let work: Vec<_> = p
             .chunks_mut(CHUNK)
             .zip(g.chunks(CHUNK))
@@ -486,7 +494,7 @@ pub fn adagrad(
         eps,
         maximize,
     };
-    if n >= PAR_THRESHOLD {
+    if par(n) {
         p.par_chunks_mut(CHUNK)
             .zip(g.par_chunks(CHUNK))
             .zip(sum.par_chunks_mut(CHUNK))
@@ -522,7 +530,7 @@ fn block_sum_sq(x: &[f32]) -> f64 {
 /// Sum of squares of a slice in f64 with a FIXED reduction order independent of thread count
 /// (fixed-size blocks of 4096 summed serially inside, block partials summed in order) — used by clip_grad_norm_.
 pub fn sum_sq(x: &[f32]) -> f64 {
-    if x.len() >= PAR_THRESHOLD {
+    if par(x.len()) {
         let partials: Vec<f64> = x.par_chunks(SUM_BLOCK).map(block_sum_sq).collect();
         partials.iter().fold(0.0, |a, &b| a + b)
     } else {
@@ -538,7 +546,7 @@ fn scale_kernel(x: &mut [f32], s: f32) {
 
 /// x *= s in place (used by gradient clipping).
 pub fn scale_inplace(x: &mut [f32], s: f32) {
-    if x.len() >= PAR_THRESHOLD {
+    if par(x.len()) {
         x.par_chunks_mut(CHUNK).for_each(|c| scale_kernel(c, s));
     } else {
         scale_kernel(x, s);
@@ -833,7 +841,7 @@ mod tests {
 
     /// Runs `f` over the full buffers and, separately, over `CUTS` pieces
     /// of copies of the same buffers, for three steps; compares all buffers bitwise.
-    fn par_vs_serial(nbuf: usize, f: impl Fn(usize, &mut [&mut [f32]], &[f32])) {
+    fn par_vs_serial(nbuf: usize, f: impl Fn(usize, &mut [&mut [f32]], &[f32]) + Sync) {
         let mut full: Vec<Vec<f32>> = (0..nbuf)
             .map(|k| {
                 let mut v = pseudo(BIG, 100 + k as u64);
@@ -848,8 +856,10 @@ mod tests {
         for step in 1..=3usize {
             let g = pseudo(BIG, 7 * step as u64);
             {
+                // inside a 2-thread pool, so the full-buffer call really takes the parallel path
+                let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
                 let mut refs: Vec<&mut [f32]> = full.iter_mut().map(|v| v.as_mut_slice()).collect();
-                f(step, &mut refs, &g);
+                pool.install(|| f(step, &mut refs, &g));
             }
             for w in CUTS.windows(2) {
                 let (a, b) = (w[0], w[1]);
@@ -937,6 +947,7 @@ mod tests {
         for c in x.chunks(SUM_BLOCK) {
             acc += sum_sq(c);
         }
-        assert_eq!(acc.to_bits(), sum_sq(&x).to_bits());
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+        assert_eq!(acc.to_bits(), pool.install(|| sum_sq(&x)).to_bits());
     }
 }

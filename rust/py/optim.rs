@@ -33,8 +33,10 @@ fn each(py: Python<'_>, params: &[PyRef<PyVar>], states: &[&[PyRef<PyVar>]], f: 
     }
     let ps: Vec<crate::Var> = params.iter().map(|p| p.0.clone()).collect();
     let ss: Vec<Vec<crate::Var>> = states.iter().map(|s| s.iter().map(|v| v.0.clone()).collect()).collect();
+    let work: usize = ps.iter().map(|p| p.shape().iter().product::<usize>()).sum();
+    let inline = work < crate::kernels::PAR_MIN_LEN || crate::kernels::num_threads() == 1;
     py.detach(|| {
-        crate::kernels::pool().install(|| {
+        let run = || {
             for (i, p) in ps.iter().enumerate() {
                 // update inside the Vars' own storage: no copy unless a buffer is shared
                 let mut pv = p.value_mut();
@@ -42,7 +44,9 @@ fn each(py: Python<'_>, params: &[PyRef<PyVar>], states: &[&[PyRef<PyVar>]], f: 
                 let mut slices: Vec<&mut [f32]> = bufs.iter_mut().map(|b| b.make_mut()).collect();
                 f(pv.make_mut(), grads[i].data(), &mut slices);
             }
-        })
+        };
+        // small or single-threaded updates run on the calling thread (no pool handoff)
+        if inline { run() } else { crate::kernels::pool().install(run) }
     });
     Ok(())
 }
