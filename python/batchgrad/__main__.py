@@ -40,34 +40,22 @@ class CLIError(Exception):
     """A user error: printed as ``batchgrad train: error: ...`` with exit status 2."""
 
 
-def _pos_int(s: str) -> int:
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}") from None
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}")
-    return v
+def _checked(convert: Any, ok: Any, what: str) -> Any:
+    """An argparse type: convert, then check, with one message for both failures."""
+    def parse(s: str) -> Any:
+        try:
+            v = convert(s)
+        except ValueError:
+            v = None
+        if v is None or not ok(v):
+            raise argparse.ArgumentTypeError(f"expected {what}, got {s!r}")
+        return v
+    return parse
 
 
-def _nonneg_int(s: str) -> int:
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {s!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {s!r}")
-    return v
-
-
-def _pos_float(s: str) -> float:
-    try:
-        v = float(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {s!r}") from None
-    if not (v > 0 and math.isfinite(v)):
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {s!r}")
-    return v
+_pos_int = _checked(int, lambda v: v > 0, "a positive integer")
+_nonneg_int = _checked(int, lambda v: v >= 0, "a non-negative integer")
+_pos_float = _checked(float, lambda v: v > 0 and math.isfinite(v), "a positive number")
 
 
 def _nonneg_float(s: str) -> float:

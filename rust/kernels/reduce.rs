@@ -124,12 +124,9 @@ pub fn reduce3(x: &[f32], outer: usize, red: usize, inner: usize, kind: Reduce) 
                         }),
                     }
                 }
-                if red == 0 {
-                    dst.iter_mut().for_each(|d| *d = 0.0);
-                }
             };
             if red == 0 {
-                return;
+                return; // sums over an empty axis stay 0 (max with red == 0 was rejected above)
             }
             if par {
                 out.par_chunks_mut(inner).enumerate().for_each(|(o, row)| {
