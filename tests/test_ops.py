@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import mutually_broadcastable_shapes
 
 import batchgrad as bg
+from batchgrad import _core
 
 F32 = np.float32
 
@@ -448,6 +449,23 @@ def test_matmul_rejects_scalars_and_misaligned_shapes():
 def test_matmul_large_is_accurate(rng):
     a, b = rng.standard_normal((300, 257)).astype(F32), rng.standard_normal((257, 190)).astype(F32)
     close(bg.tensor(a) @ bg.tensor(b), a.astype(np.float64) @ b.astype(np.float64), 1e-4, 1e-4)
+
+
+@pytest.mark.parametrize("ta, tb", [(False, False), (True, False), (False, True), (True, True)])
+@pytest.mark.parametrize("m, k, n", [(1, 1, 300), (300, 1, 20), (3, 1, 1), (1, 100, 70), (2, 100, 70), (7, 64, 9),
+                                     (12, 130, 33), (13, 130, 33), (8, 10, 256), (5, 3, 2), (2, 2, 2), (17, 65, 3)])
+def test_matmul_kernel_paths_match_numpy(m, k, n, ta, tb, rng):
+    """Every kernel path (outer products, row-wise A·Bᵀ for a few rows, the packed GEMM), through
+    the matmul op's transpose flags as the backward pass uses them, and batched."""
+    a = rng.standard_normal((k, m) if ta else (m, k)).astype(F32)
+    b = rng.standard_normal((n, k) if tb else (k, n)).astype(F32)
+    want = (a.T if ta else a).astype(np.float64) @ (b.T if tb else b).astype(np.float64)
+    got = bg.Tensor(_core.apply("matmul", [bg.tensor(a)._v, bg.tensor(b)._v], {"ta": ta, "tb": tb}))
+    close(got, want, 1e-4, 1e-4)  # k up to 130 float32 terms
+    a3, b3 = np.stack([a, 2 * a, -a]), np.stack([b, b[::-1].copy(), 0.5 * b])
+    want3 = np.stack([(x.T if ta else x).astype(np.float64) @ (y.T if tb else y).astype(np.float64) for x, y in zip(a3, b3)])
+    got3 = bg.Tensor(_core.apply("matmul", [bg.tensor(a3)._v, bg.tensor(b3)._v], {"ta": ta, "tb": tb}))
+    close(got3, want3, 1e-4, 1e-4)
 
 
 # ---- indexing -------------------------------------------------------------------------------------------

@@ -4,12 +4,10 @@
 use gemm::{gemm, Parallelism};
 use rayon::prelude::*;
 
+use super::thin::{self, Epilogue};
 use super::{num_threads, pool};
 use crate::error::Result;
 use crate::tensor::{alloc, alloc_for_overwrite};
-
-/// Inner dimensions up to this use the direct row-axpy path instead of the packed GEMM.
-const SMALL_K: usize = 4;
 
 /// One operand: buffer, and for each batch the element offset of its matrix.
 pub struct Operand<'a> {
@@ -24,8 +22,28 @@ pub struct Operand<'a> {
 pub fn matmul(a: &Operand, b: &Operand, a_off: &[usize], b_off: &[usize], m: usize, k: usize, n: usize) -> Result<Vec<f32>> {
     let batch = a_off.len();
     let mut out = if k == 0 { alloc(batch * m * n)? } else { alloc_for_overwrite(batch * m * n)? };
+    if k > 0 {
+        matmul_into(&mut out, Epilogue::STORE, a, b, a_off, b_off, m, k, n);
+    }
+    Ok(out)
+}
+
+/// Up to this many rows, A·Bᵀ runs row by row (see `matmul_into`).
+const ROWWISE_NT_MAX: usize = 12;
+
+fn view<'a>(x: &Operand<'a>, off: usize, rs: isize, cs: isize) -> thin::View<'a> {
+    thin::View { data: x.data, off, rs, cs }
+}
+
+/// `out[b] = alpha*out[b] + beta * op(A)[b] @ op(B)[b]` (or `beta * product` when the epilogue
+/// does not accumulate): the optimizer's fused SGD update writes a weight gradient's product
+/// straight into the weight this way. `k` must be > 0.
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_into(out: &mut [f32], e: Epilogue, a: &Operand, b: &Operand, a_off: &[usize], b_off: &[usize], m: usize, k: usize, n: usize) {
+    let batch = a_off.len();
+    debug_assert!(k > 0 && out.len() == batch * m * n);
     if m * n == 0 {
-        return Ok(out);
+        return;
     }
     // strides (row stride, col stride) of op(X) as an (r x c) matrix
     let st = |x: &Operand| -> (isize, isize) {
@@ -34,54 +52,56 @@ pub fn matmul(a: &Operand, b: &Operand, a_off: &[usize], b_off: &[usize], m: usi
     let (a_rs, a_cs) = st(a);
     let (b_rs, b_cs) = st(b);
     let flops = 2 * m * n * k;
+    // A few rows times a transposed B (dX = G Wᵀ in every backward): the crate's general kernel
+    // is 10x slower here than its matrix-vector path (benches/kernels.rs `nt_rows`), so such a
+    // product runs as one matrix-vector product per row.
+    let rowwise = b_cs != 1 && (2..=ROWWISE_NT_MAX).contains(&m) && k >= 64;
     let one = |dst: &mut [f32], ao: usize, bo: usize, par: Parallelism| unsafe {
-        gemm(
-            m, n, k,
-            dst.as_mut_ptr(), 1, n as isize, false,
-            a.data.as_ptr().add(ao), a_cs, a_rs,
-            b.data.as_ptr().add(bo), b_cs, b_rs,
-            0.0f32, 1.0f32, false, false, false, par,
-        )
-    };
-    if k == 0 {
-        return Ok(out);
-    }
-    let threads = num_threads();
-    if k <= SMALL_K && b_cs == 1 {
-        // outer products and other thin products (per-example weight gradients): rows of axpys,
-        // vectorised over n; packing for a GEMM micro-kernel would cost more than the work
-        let small = |dst: &mut [f32], ao: usize, bo: usize| {
-            for (i, row) in dst.chunks_mut(n).enumerate() {
-                for p in 0..k {
-                    let av = a.data[(ao as isize + i as isize * a_rs + p as isize * a_cs) as usize];
-                    let brow = &b.data[(bo as isize + p as isize * b_rs) as usize..][..n];
-                    if p == 0 {
-                        row.iter_mut().zip(brow).for_each(|(o, &bv)| *o = av * bv);
-                    } else {
-                        row.iter_mut().zip(brow).for_each(|(o, &bv)| *o += av * bv);
-                    }
-                }
+        if rowwise {
+            for r in 0..m {
+                gemm(
+                    1, n, k,
+                    dst.as_mut_ptr().add(r * n), 1, n as isize, e.accumulate,
+                    a.data.as_ptr().offset(ao as isize + r as isize * a_rs), a_cs, a_rs,
+                    b.data.as_ptr().add(bo), b_cs, b_rs,
+                    e.alpha, e.beta, false, false, false, par,
+                )
             }
+        } else {
+            gemm(
+                m, n, k,
+                dst.as_mut_ptr(), 1, n as isize, e.accumulate,
+                a.data.as_ptr().add(ao), a_cs, a_rs,
+                b.data.as_ptr().add(bo), b_cs, b_rs,
+                e.alpha, e.beta, false, false, false, par,
+            )
+        }
+    };
+    let threads = num_threads();
+    if thin::applies(k, &view(b, 0, b_rs, b_cs)) {
+        // a small inner dimension (outer products): memory-bound, streamed rows of axpys (no packing)
+        let small = |dst: &mut [f32], ao: usize, bo: usize, rows: usize| {
+            thin::product(dst, &view(a, ao, a_rs, a_cs), &view(b, bo, b_rs, b_cs), rows, k, n, e)
         };
         super::maybe_par(batch * m * n, |par| {
             if par && batch > 1 {
-                out.par_chunks_mut(m * n).enumerate().for_each(|(i, dst)| small(dst, a_off[i], b_off[i]));
-            } else if par {
+                out.par_chunks_mut(m * n).enumerate().for_each(|(i, dst)| small(dst, a_off[i], b_off[i], m));
+            } else if par && m > 1 {
                 let rows = (1usize << 14) / n.max(1) + 1;
                 out.par_chunks_mut(rows * n).enumerate().for_each(|(c, dst)| {
                     // row block c of the single matrix: shift a's start by c*rows rows
-                    small(dst, (a_off[0] as isize + (c * rows) as isize * a_rs) as usize, b_off[0]);
+                    small(dst, (a_off[0] as isize + (c * rows) as isize * a_rs) as usize, b_off[0], dst.len() / n);
                 });
             } else {
                 for (i, dst) in out.chunks_mut(m * n).enumerate() {
-                    small(dst, a_off[i], b_off[i]);
+                    small(dst, a_off[i], b_off[i], m);
                 }
             }
         });
-        return Ok(out);
+        return;
     }
     // split a product across threads only when each thread gets several MFLOP and a real panel
-    let small = flops < (1 << 23) || m.min(n) < 16 || k <= SMALL_K;
+    let small = flops < (1 << 23) || m.min(n) < 16;
     if threads <= 1 || (small && batch == 1) {
         for (i, dst) in out.chunks_mut(m * n).enumerate() {
             one(dst, a_off[i], b_off[i], Parallelism::None);
@@ -98,5 +118,4 @@ pub fn matmul(a: &Operand, b: &Operand, a_off: &[usize], b_off: &[usize], m: usi
             }
         });
     }
-    Ok(out)
 }

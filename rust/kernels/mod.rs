@@ -13,6 +13,7 @@ pub mod map;
 pub mod movement;
 pub mod reduce;
 pub mod simd;
+pub mod thin;
 
 /// Below this many elements a kernel runs serially: a fork-join into the pool costs ~10 us here,
 /// more than a memory-bound pass over fewer than ~256K floats (benches/RESULTS.md, section 5).
