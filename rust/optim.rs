@@ -951,3 +951,81 @@ mod tests {
         assert_eq!(acc.to_bits(), pool.install(|| sum_sq(&x)).to_bits());
     }
 }
+
+// ---------------------------------------------------------------------------
+// One optimizer update rule, shared by the eager `*_step` bindings and the compiled step
+// ---------------------------------------------------------------------------
+
+/// An update rule with its per-step scalars, parsed from the same positional scalars the eager
+/// bindings take (`sgd_step(params, bufs, lr, momentum, ...)` etc.).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Rule {
+    Sgd { lr: f32, momentum: f32, dampening: f32, nesterov: bool, wd: f32, first: bool, maximize: bool },
+    Adam { lr: f32, beta1: f32, beta2: f32, eps: f32, wd: f32, step: u64, decoupled: bool, maximize: bool },
+    RmsProp { lr: f32, alpha: f32, eps: f32, wd: f32, momentum: f32, maximize: bool },
+    Adagrad { lr: f32, lr_decay: f32, wd: f32, eps: f32, step: u64, maximize: bool },
+}
+
+impl Rule {
+    /// `kind` is "sgd", "adam", "rmsprop" or "adagrad"; `s` the scalars in the eager binding's order.
+    pub fn parse(kind: &str, s: &[f64]) -> crate::error::Result<Rule> {
+        let want = match kind {
+            "sgd" => 7,
+            "adam" => 8,
+            "rmsprop" => 6,
+            "adagrad" => 6,
+            _ => crate::bail!(Value, "optimizer update: unknown rule {kind:?} (expected sgd, adam, rmsprop or adagrad)"),
+        };
+        if s.len() != want {
+            crate::bail!(Value, "optimizer update {kind:?}: expected {want} scalars, got {}", s.len());
+        }
+        let f = |i: usize| s[i] as f32;
+        let b = |i: usize| s[i] != 0.0;
+        Ok(match kind {
+            "sgd" => Rule::Sgd { lr: f(0), momentum: f(1), dampening: f(2), nesterov: b(3), wd: f(4), first: b(5), maximize: b(6) },
+            "adam" => Rule::Adam { lr: f(0), beta1: f(1), beta2: f(2), eps: f(3), wd: f(4), step: s[5] as u64, decoupled: b(6), maximize: b(7) },
+            "rmsprop" => Rule::RmsProp { lr: f(0), alpha: f(1), eps: f(2), wd: f(3), momentum: f(4), maximize: b(5) },
+            _ => Rule::Adagrad { lr: f(0), lr_decay: f(1), wd: f(2), eps: f(3), step: s[4] as u64, maximize: b(5) },
+        })
+    }
+
+    /// How many state buffers the rule reads, by position (a `None` slot is an absent optional one).
+    pub fn num_states(&self) -> usize {
+        match self {
+            Rule::Sgd { .. } | Rule::Adagrad { .. } => 1,
+            Rule::Adam { .. } => 3,
+            Rule::RmsProp { .. } => 3,
+        }
+    }
+
+    /// Update one parameter in place from its gradient; `s` are its state buffers by position.
+    pub fn apply(&self, p: &mut [f32], g: &[f32], s: &mut [Option<&mut [f32]>]) {
+        match *self {
+            Rule::Sgd { lr, momentum, dampening, nesterov, wd, first, maximize } => sgd(p, g, s.get_mut(0).and_then(|x| x.as_deref_mut()), lr, momentum, dampening, nesterov, wd, first, maximize),
+            Rule::Adam { lr, beta1, beta2, eps, wd, step, decoupled, maximize } => {
+                let (m, rest) = s.split_at_mut(1);
+                let (v, rest) = rest.split_at_mut(1);
+                let (Some(m), Some(v)) = (m[0].as_deref_mut(), v[0].as_deref_mut()) else { panic!("adam: exp_avg and exp_avg_sq are required") };
+                adam(p, g, m, v, rest.get_mut(0).and_then(|x| x.as_deref_mut()), lr, beta1, beta2, eps, wd, step, decoupled, maximize)
+            }
+            Rule::RmsProp { lr, alpha, eps, wd, momentum, maximize } => {
+                let (sq, rest) = s.split_at_mut(1);
+                let (mom, rest) = rest.split_at_mut(1);
+                let sq = sq[0].as_deref_mut().expect("rmsprop: square_avg is required");
+                rmsprop(p, g, sq, mom[0].as_deref_mut(), rest.get_mut(0).and_then(|x| x.as_deref_mut()), lr, alpha, eps, wd, momentum, maximize)
+            }
+            Rule::Adagrad { lr, lr_decay, wd, eps, step, maximize } => {
+                adagrad(p, g, s.get_mut(0).and_then(|x| x.as_deref_mut()).expect("adagrad: sum is required"), lr, lr_decay, wd, eps, step, maximize)
+            }
+        }
+    }
+
+    /// For plain SGD (no momentum, no weight decay): the factor `beta` with `p += beta * grad`,
+    /// so an executor may write a weight gradient's product straight into the weight.
+    pub fn plain_sgd_factor(&self) -> Option<f32> {
+        match *self {
+            Rule::Sgd { lr, momentum, wd, maximize, .. } if momentum == 0.0 && wd == 0.0 => Some(if maximize { lr } else { -lr }),
+            _ => None,
+        }
+    }
+}

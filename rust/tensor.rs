@@ -49,10 +49,76 @@ impl Clone for Buffer {
 impl Drop for Buffer {
     fn drop(&mut self) {
         let v = std::mem::take(&mut self.0);
-        if v.len() >= POOL_MIN && v.len() == v.capacity() {
-            give_pooled(v);
+        if v.is_empty() || v.len() != v.capacity() {
+            return;
+        }
+        // inside a compiled step: back to that step's arena, whatever the size
+        let rest = ARENA
+            .try_with(move |a| match a.try_borrow_mut() {
+                Ok(mut a) => match a.as_mut() {
+                    Some(ar) => {
+                        ar.push(v);
+                        None
+                    }
+                    None => Some(v),
+                },
+                Err(_) => Some(v),
+            })
+            .ok()
+            .flatten();
+        if let Some(v) = rest {
+            if v.len() >= POOL_MIN {
+                give_pooled(v);
+            }
         }
     }
+}
+
+thread_local! {
+    /// The buffers of the compiled step running on this thread (see `with_arena`).
+    static ARENA: std::cell::RefCell<Option<Vec<Vec<f32>>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Drop a kernel's temporary buffer the way a tensor's is dropped (back to the pool or the
+/// running compiled step's arena) instead of freeing it.
+pub fn recycle(v: Vec<f32>) {
+    drop(Buffer(v));
+}
+
+/// Allocations that were not served by the pool or an arena (a test counts them per step).
+static FRESH: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+pub fn fresh_allocations() -> usize {
+    FRESH.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Run `f` with `arena` as this thread's buffer arena: every tensor buffer dropped on this thread
+/// goes into it and every allocation first takes an exact-size buffer from it. A compiled step
+/// keeps its arena between calls, so after the first step its buffers are reused and a step
+/// allocates no tensor storage.
+pub fn with_arena<R>(arena: &mut Vec<Vec<f32>>, f: impl FnOnce() -> R) -> R {
+    struct Restore<'a>(&'a mut Vec<Vec<f32>>, Option<Vec<Vec<f32>>>);
+    impl Drop for Restore<'_> {
+        fn drop(&mut self) {
+            let back = ARENA.with(|a| std::mem::replace(&mut *a.borrow_mut(), self.1.take()));
+            *self.0 = back.unwrap_or_default();
+        }
+    }
+    let prev = ARENA.with(|a| std::mem::replace(&mut *a.borrow_mut(), Some(std::mem::take(arena))));
+    let _restore = Restore(arena, prev);
+    f()
+}
+
+fn take_arena(n: usize) -> Option<Vec<f32>> {
+    ARENA
+        .try_with(|a| {
+            let mut a = a.try_borrow_mut().ok()?;
+            let ar = a.as_mut()?;
+            let i = ar.iter().rposition(|v| v.len() == n)?;
+            Some(ar.swap_remove(i))
+        })
+        .ok()
+        .flatten()
 }
 
 /// Buffers at least this many floats (256 KiB) are pooled.
@@ -73,6 +139,12 @@ fn pool_cap() -> usize {
 }
 
 fn take_pooled(n: usize) -> Option<Vec<f32>> {
+    if n == 0 {
+        return None;
+    }
+    if let Some(v) = take_arena(n) {
+        return Some(v);
+    }
     if n < POOL_MIN {
         return None;
     }
@@ -136,6 +208,7 @@ pub fn alloc(n: usize) -> Result<Vec<f32>> {
     if n == 0 {
         return Ok(Vec::new());
     }
+    FRESH.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     // alloc_zeroed: large buffers come as fresh zero pages from the OS (no explicit zeroing pass)
     let layout = std::alloc::Layout::array::<f32>(n).map_err(|_| crate::Error::Memory(format!("cannot allocate {n} float32 elements")))?;
     // SAFETY: layout has non-zero size; a null result is handled; all-zero bits are valid f32 (0.0),

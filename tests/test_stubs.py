@@ -13,7 +13,7 @@ def _stub_names():
         if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
             top.add(node.name)
         if isinstance(node, ast.ClassDef):
-            members[node.name] = {n.name for n in node.body if isinstance(n, ast.FunctionDef)}
+            members[node.name] = {n.name for n in node.body if isinstance(n, ast.FunctionDef) and not n.name.startswith("__")}
     return top, members
 
 

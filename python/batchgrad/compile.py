@@ -1,10 +1,20 @@
 """`compile_step`: record a training step once per batch shape as the tape's flat program and
-replay it in Rust.
+replay it, with the optimizer update, in ONE Rust call per step.
 
-The forward pass and the backward pass (recorded as registry ops by the VJP rules) become ONE
-flat program; each step replays it with a single call into the Rust executor (no Python per op,
-intermediate buffers freed after their last reader), then the optimizer's fused Rust kernels
-update the parameters in place.
+The forward pass and the backward pass (recorded as registry ops by the VJP rules) become one
+flat program whose outputs are the loss and one gradient per parameter. `_core.TrainStep` replays
+it and then applies the optimizer's update calls (the same Rust `Rule` as `optimizer.step()`) to
+the parameters in place, all inside one call with the GIL released:
+
+* no Python per op, and no tensor storage allocated per step: the step keeps an arena of buffers,
+  filled by the first call and reused by every later one (`_core.fresh_allocations()` counts the
+  rest);
+* plain SGD (no momentum, no weight decay): a weight gradient that is a single matmul of the
+  program is never materialised; its product is accumulated straight into the weight
+  (`W += -lr * Xᵀ G`, a GEMM epilogue). The result equals the unfused update up to float32
+  rounding of that one product.
+
+Parameters' ``.grad`` are not set by a compiled step (as with ``jax.jit`` of a whole step).
 """
 
 from __future__ import annotations
@@ -33,19 +43,26 @@ def _labels(y: Any) -> Tensor:
 
 class CompiledStep:
     """A training step `loss = loss_fn(model(X), y); backward; optimizer.step()` recorded as a flat
-    program per batch shape and replayed by the Rust executor."""
+    program per batch shape and replayed, update included, by one Rust call."""
 
     def __init__(self, model: Any, loss_fn: Callable[[Tensor, Tensor], Tensor], optimizer: Any, device: str = "cpu") -> None:
         if device != "cpu":
             raise NotImplementedError(f"compile_step: device={device!r} is not available yet (the GPU executor replays the same program; only 'cpu' exists today)")
         self.model, self.loss_fn, self.optimizer = model, loss_fn, optimizer
         self.params = [p for g in optimizer.param_groups for p in g["params"]]
-        self.programs: dict[tuple, Any] = {}
+        self._index = {id(p): i for i, p in enumerate(self.params)}
+        self.steps: dict[tuple, Any] = {}
 
-    def program_for(self, X: Tensor, y: Tensor) -> Any:
+    @property
+    def programs(self) -> dict[tuple, Any]:
+        """The recorded flat program (forward + backward) per (X shape, y shape)."""
+        return {k: s.program for k, s in self.steps.items()}
+
+    def step_for(self, X: Tensor, y: Tensor) -> Any:
+        """The `_core.TrainStep` for this batch shape, recorded on first use."""
         key = (X.shape, y.shape)
-        prog = self.programs.get(key)
-        if prog is None:
+        ts = self.steps.get(key)
+        if ts is None:
             xp, yp = _placeholder(X), _placeholder(y)
             with enable_grad():
                 loss = self.loss_fn(self.model(xp), yp)
@@ -56,22 +73,45 @@ class CompiledStep:
             if missing:
                 raise ValueError(f"compile_step: parameters {missing} do not affect the loss")
             prog = _core.Program.from_graph([xp._v, yp._v], [loss._v] + list(grads))
-            self.programs[key] = prog
-        return prog
+            ts = self.steps[key] = _core.TrainStep(prog, [p._v for p in self.params])
+        return ts
+
+    def program_for(self, X: Tensor, y: Tensor) -> Any:
+        return self.step_for(X, y).program
+
+    def _calls(self) -> list[tuple]:
+        """This step's optimizer calls (advancing the optimizer's state as `step()` would)."""
+        idx = self._index
+        out = []
+        for g in self.optimizer.param_groups:
+            for kind, ps, states, scalars in self.optimizer._calls(g, g["params"]):
+                out.append((kind, [idx[id(p)] for p in ps], [None if s is None else [t._v for t in s] for s in states], scalars))
+        return out
+
+    def fused(self, X: Any, y: Any) -> list[bool]:
+        """For each parameter, whether its update is fused into its gradient's matmul (no
+        gradient buffer) with the optimizer's current settings. Does not advance any state."""
+        import copy
+
+        X, y = as_tensor(X), _labels(y)
+        opt = copy.copy(self.optimizer)
+        opt.state = {p: dict(st) for p, st in self.optimizer.state.items()}
+        calls = []
+        for g in opt.param_groups:
+            for kind, ps, states, scalars in opt._calls(g, g["params"]):
+                calls.append((kind, [self._index[id(p)] for p in ps], [None if s is None else [t._v for t in s] for s in states], scalars))
+        return self.step_for(X, y).fused(calls)
 
     def __call__(self, X: Any, y: Any) -> float:
         """One optimisation step on the batch (X, y); returns the loss as a float."""
         X, y = as_tensor(X), _labels(y)
-        outs = self.program_for(X, y).run([X._v, y._v])
-        for p, g in zip(self.params, outs[1:]):
-            p._v.set_grad(g)
-        self.optimizer.step()
-        return float(outs[0].item())
+        return self.step_for(X, y).run([X._v, y._v], self._calls())
 
 
 def compile_step(model: Any, loss_fn: Callable[[Tensor, Tensor], Tensor], optimizer: Any, example_batch: tuple | None = None, device: str = "cpu") -> CompiledStep:
     """Record forward + backward of one training step as a flat program (once per batch shape) and
-    return a callable `step(X, y) -> loss` that replays it in Rust and applies `optimizer`.
+    return a callable `step(X, y) -> loss` that replays it and applies `optimizer`'s update in
+    one Rust call.
 
     >>> step = bg.compile_step(model, bg.nn.functional.cross_entropy, opt, (X[:32], y[:32]))
     >>> for X, y in loader: loss = step(X, y)
@@ -79,5 +119,5 @@ def compile_step(model: Any, loss_fn: Callable[[Tensor, Tensor], Tensor], optimi
     step = CompiledStep(model, loss_fn, optimizer, device)
     if example_batch is not None:
         X, y = example_batch
-        step.program_for(as_tensor(X), _labels(y))
+        step.step_for(as_tensor(X), _labels(y))
     return step

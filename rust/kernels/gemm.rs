@@ -4,7 +4,8 @@
 use gemm::{gemm, Parallelism};
 use rayon::prelude::*;
 
-use super::thin::{self, Epilogue};
+pub use super::thin::Epilogue;
+use super::thin;
 use super::{num_threads, pool};
 use crate::error::Result;
 use crate::tensor::{alloc, alloc_for_overwrite};

@@ -32,14 +32,13 @@ pub fn out_shape(a: &[usize], b: &[usize], ta: bool, tb: bool) -> Result<(Vec<us
     Ok((out, batch, m, k, n))
 }
 
-pub fn forward(a: &Tensor, b: &Tensor, ta: bool, tb: bool) -> Result<Tensor> {
-    let (out, batch, m, k, n) = out_shape(&a.shape, &b.shape, ta, tb)?;
-    let nb = numel(&batch);
-    // element offset of each batch's matrix in a and b (broadcast batch dims read offset 0)
+/// Offsets of each batch's matrix in a and b (broadcast batch dims read offset 0).
+fn batch_offsets(a: &Tensor, b: &Tensor, batch: &[usize]) -> (Vec<usize>, Vec<usize>) {
+    let nb = numel(batch);
     let offsets = |s: &[usize]| -> Vec<usize> {
         let bs = &s[..s.len() - 2];
         let mat = s[s.len() - 2] * s[s.len() - 1];
-        let st = broadcast_strides(bs, &batch);
+        let st = broadcast_strides(bs, batch);
         (0..nb)
             .map(|mut i| {
                 let mut off = 0isize;
@@ -51,16 +50,37 @@ pub fn forward(a: &Tensor, b: &Tensor, ta: bool, tb: bool) -> Result<Tensor> {
             })
             .collect()
     };
+    (offsets(&a.shape), offsets(&b.shape))
+}
+
+fn operands<'a>(a: &'a Tensor, b: &'a Tensor, ta: bool, tb: bool) -> (Operand<'a>, Operand<'a>) {
     let (ar, ac) = (a.shape[a.ndim() - 2], a.shape[a.ndim() - 1]);
     let (br, bc) = (b.shape[b.ndim() - 2], b.shape[b.ndim() - 1]);
-    let data = gemm::matmul(
-        &Operand { data: a.data(), rows: ar, cols: ac, trans: ta },
-        &Operand { data: b.data(), rows: br, cols: bc, trans: tb },
-        &offsets(&a.shape),
-        &offsets(&b.shape),
-        m, k, n,
-    )?;
+    (Operand { data: a.data(), rows: ar, cols: ac, trans: ta }, Operand { data: b.data(), rows: br, cols: bc, trans: tb })
+}
+
+pub fn forward(a: &Tensor, b: &Tensor, ta: bool, tb: bool) -> Result<Tensor> {
+    let (out, batch, m, k, n) = out_shape(&a.shape, &b.shape, ta, tb)?;
+    let (a_off, b_off) = batch_offsets(a, b, &batch);
+    let (oa, ob) = operands(a, b, ta, tb);
+    let data = gemm::matmul(&oa, &ob, &a_off, &b_off, m, k, n)?;
     Tensor::new(data, out)
+}
+
+/// `dst += beta * op(A) op(B)` in place, where `dst` has the product's shape: an executor's
+/// epilogue (the compiled step writes a plain-SGD weight update straight into the weight).
+pub fn accumulate_into(a: &Tensor, b: &Tensor, ta: bool, tb: bool, dst: &mut [f32], dst_shape: &[usize], beta: f32) -> Result<()> {
+    let (out, batch, m, k, n) = out_shape(&a.shape, &b.shape, ta, tb)?;
+    if out != dst_shape {
+        bail!(Shape, "matmul accumulate: product shape {out:?} does not match destination shape {dst_shape:?}");
+    }
+    if k == 0 {
+        return Ok(());
+    }
+    let (a_off, b_off) = batch_offsets(a, b, &batch);
+    let (oa, ob) = operands(a, b, ta, tb);
+    gemm::matmul_into(dst, gemm::Epilogue { accumulate: true, alpha: 1.0, beta }, &oa, &ob, &a_off, &b_off, m, k, n);
+    Ok(())
 }
 
 pub fn vjp(a: &Var, b: &Var, ta: bool, tb: bool, g: &Var) -> Result<Vec<Option<Var>>> {

@@ -75,6 +75,7 @@ pub fn forward(op: &Op, ins: &[&Tensor]) -> Result<Tensor> {
             for i in 0..n {
                 out[i] = -ls[i * c + ins[1].data()[i] as usize];
             }
+            crate::tensor::recycle(ls);
             Tensor::new(out, vec![n])
         }
         // (softmax(z) - onehot(label)) * g[:, None]

@@ -9,7 +9,9 @@ use std::sync::Arc;
 
 use crate::error::Error;
 use crate::ops::{Attr, Op, TABLE};
+use crate::optim::Rule;
 use crate::tape::program::{Program, Slot, SlotKind};
+use crate::tape::step::{Call, TrainStep};
 use crate::tape::{self, Var};
 use crate::tensor::Tensor;
 
@@ -323,10 +325,65 @@ impl PyProgram {
     }
 }
 
+/// One optimizer call from Python: (rule name, parameter indices, state buffer lists by
+/// position or None, scalars in the eager binding's order).
+type PyCall<'py> = (String, Vec<usize>, Vec<Option<Vec<PyRef<'py, PyVar>>>>, Vec<f64>);
+
+fn calls_from_py(calls: Vec<PyCall<'_>>) -> PyResult<Vec<Call>> {
+    calls
+        .into_iter()
+        .map(|(kind, params, states, scalars)| {
+            let rule = Rule::parse(&kind, &scalars)?;
+            if states.len() > rule.num_states() {
+                return Err(PyValueError::new_err(format!("optimizer update {kind:?}: {} state lists, at most {}", states.len(), rule.num_states())));
+            }
+            let states = states.into_iter().map(|s| s.map(|s| s.iter().map(|v| v.0.clone()).collect())).collect();
+            Ok(Call { rule, params, states })
+        })
+        .collect()
+}
+
+/// A compiled training step: forward + backward program and the optimizer update, replayed in
+/// one call (see `tape::step`).
+#[pyclass(name = "TrainStep", module = "batchgrad._core", frozen)]
+pub struct PyTrainStep(TrainStep);
+
+#[pymethods]
+impl PyTrainStep {
+    /// `program` outputs the loss then one gradient per entry of `params`.
+    #[new]
+    fn new(program: PyRef<PyProgram>, params: Vec<PyRef<PyVar>>) -> PyResult<PyTrainStep> {
+        Ok(PyTrainStep(TrainStep::new(program.0.clone(), params.iter().map(|p| p.0.clone()).collect())?))
+    }
+    /// Replay forward, backward and every optimizer call; returns the loss. Each call is
+    /// `(rule, param_indices, state_lists, scalars)` with the scalars of `_core.<rule>_step`.
+    fn run(&self, py: Python<'_>, inputs: Vec<PyRef<PyVar>>, calls: Vec<PyCall<'_>>) -> PyResult<f32> {
+        let ins: Vec<Tensor> = inputs.iter().map(|v| v.0.value()).collect();
+        let calls = calls_from_py(calls)?;
+        Ok(py.detach(|| self.0.run(&ins, &calls))?)
+    }
+    /// Which parameters these calls update through the fused matmul epilogue (no gradient buffer).
+    fn fused(&self, calls: Vec<PyCall<'_>>) -> PyResult<Vec<bool>> {
+        Ok(self.0.fused(&calls_from_py(calls)?))
+    }
+    #[getter]
+    fn program(&self) -> PyProgram {
+        PyProgram(self.0.program().clone())
+    }
+}
+
+/// Tensor buffers allocated fresh (not reused from the pool or a compiled step's arena) so far.
+#[pyfunction]
+fn fresh_allocations() -> usize {
+    crate::tensor::fresh_allocations()
+}
+
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyVar>()?;
     m.add_class::<PyProgram>()?;
+    m.add_class::<PyTrainStep>()?;
+    m.add_function(wrap_pyfunction!(fresh_allocations, m)?)?;
     m.add_function(wrap_pyfunction!(from_numpy, m)?)?;
     m.add_function(wrap_pyfunction!(scalar, m)?)?;
     m.add_function(wrap_pyfunction!(apply, m)?)?;

@@ -13,6 +13,7 @@ use crate::tensor::Tensor;
 
 mod backward;
 pub mod program;
+pub mod step;
 pub use backward::{backward, grad};
 
 thread_local! {

@@ -113,18 +113,25 @@ impl Program {
     }
 
     fn compute_last_use(&mut self) {
+        self.last_use = self.last_use_skipping(&[]);
+    }
+
+    /// For each slot, the last instruction that reads it; `skip[i]` nodes are not executed by the
+    /// replay, so their arguments (and the outputs) are kept to the end (`usize::MAX`).
+    pub fn last_use_skipping(&self, skip: &[bool]) -> Vec<usize> {
         let mut last = vec![0usize; self.slots.len()];
         for (i, s) in self.slots.iter().enumerate() {
             if let SlotKind::Node { args, .. } = &s.kind {
+                let at = if skip.get(i).copied().unwrap_or(false) { usize::MAX } else { i };
                 for &a in args {
-                    last[a] = i;
+                    last[a] = last[a].max(at);
                 }
             }
         }
         for &o in &self.outputs {
             last[o] = usize::MAX;
         }
-        self.last_use = last;
+        last
     }
 
     pub fn num_inputs(&self) -> usize {
@@ -134,6 +141,14 @@ impl Program {
     /// Replay on the CPU executor: each node calls its op's forward kernel; buffers are freed
     /// after their last reader.
     pub fn run(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>> {
+        let vals = self.run_slots(inputs, &self.last_use, &[])?;
+        Ok(self.outputs.iter().map(|&o| vals[o].clone().unwrap()).collect())
+    }
+
+    /// Replay without executing the `skip` nodes, freeing each slot after `last_use` (from
+    /// `last_use_skipping(skip)`); returns every slot value still held at the end (the outputs
+    /// and the skipped nodes' arguments).
+    pub fn run_slots(&self, inputs: &[Tensor], last_use: &[usize], skip: &[bool]) -> Result<Vec<Option<Tensor>>> {
         if inputs.len() != self.num_inputs() {
             bail!(Value, "program expects {} inputs, got {}", self.num_inputs(), inputs.len());
         }
@@ -148,11 +163,12 @@ impl Program {
                     t.clone()
                 }
                 SlotKind::Captured(v) => v.value(),
+                SlotKind::Node { .. } if skip.get(i).copied().unwrap_or(false) => continue,
                 SlotKind::Node { op, args } => {
                     let ins: Vec<&Tensor> = args.iter().map(|&a| vals[a].as_ref().expect("slot freed too early")).collect();
                     let out = ops::forward(op, &ins)?;
                     for &a in args {
-                        if self.last_use[a] == i {
+                        if last_use[a] == i {
                             vals[a] = None;
                         }
                     }
@@ -161,6 +177,6 @@ impl Program {
             };
             vals[i] = Some(t);
         }
-        Ok(self.outputs.iter().map(|&o| vals[o].clone().unwrap()).collect())
+        Ok(vals)
     }
 }

@@ -2,7 +2,9 @@
 
 Each ``step()`` makes one kernel call per parameter group (``_core.sgd_step``,
 ``adam_step``, ``rmsprop_step``, ``adagrad_step``; a group is split only when its
-parameters are at different step counts, e.g. after some of them had no gradient). The
+parameters are at different step counts, e.g. after some of them had no gradient). Each
+optimizer's ``_calls`` advances its state and describes those calls; ``step()`` runs them, and
+``bg.compile_step`` runs the same calls (the same Rust ``Rule``) inside its one call per step. The
 kernel reads every parameter's ``.grad`` and updates the parameter and its state buffers
 (``bg.Tensor`` s held in ``optimizer.state[param]``) in place, reproducing
 ``torch.optim``'s float32 arithmetic. Parameters whose ``.grad`` is None are skipped.
@@ -66,7 +68,7 @@ class Optimizer:
     """Base class: holds ``param_groups`` (list of dicts with ``"params"`` and hyperparameters)
     and ``state`` (``{param: {name: bg.Tensor buffer or int step}}``).
 
-    Subclasses define ``_validate(group)`` and ``_step_group(group, params_with_grad)``.
+    Subclasses define ``_validate(group)`` and ``_calls(group, params_with_grad)``.
     """
 
     def __init__(self, params: Any, defaults: dict[str, Any]) -> None:
@@ -140,10 +142,16 @@ class Optimizer:
         for g in self.param_groups:
             ps = [p for p in g["params"] if p.grad is not None]
             if ps:
-                self._step_group(g, ps)
+                for kind, cps, states, scalars in self._calls(g, ps):
+                    _run(kind, cps, states, scalars)
         return loss
 
-    def _step_group(self, group: dict[str, Any], params: list[Tensor]) -> None:
+    def _calls(self, group: dict[str, Any], params: list[Tensor]) -> list[tuple]:
+        """Advance the per-parameter state of one step of ``params`` (step counts, new buffers)
+        and return the fused-kernel calls that update them: ``(rule, params, states, scalars)``
+        with ``states`` the rule's buffer lists by position (None where absent) and ``scalars``
+        the rest of ``_core.<rule>_step``'s arguments. ``step()`` runs them eagerly; a compiled
+        step (``bg.compile_step``) runs them inside its one Rust call."""
         raise NotImplementedError
 
     def _state(self, p: Tensor) -> dict[str, Any]:
@@ -247,6 +255,12 @@ def _vs(ts: Iterable[Tensor]) -> list[Any]:
     return [t._v for t in ts]
 
 
+def _run(kind: str, params: list[Tensor], states: list, scalars: tuple) -> None:
+    """Run one update call eagerly on the parameters' ``.grad``."""
+    args = [_vs(s) if s is not None else ([] if kind == "sgd" else None) for s in states]
+    getattr(_core, kind + "_step")(_vs(params), *args, *scalars)
+
+
 class SGD(Optimizer):
     """Stochastic gradient descent with optional momentum, as ``torch.optim.SGD``.
 
@@ -270,12 +284,11 @@ class SGD(Optimizer):
         if g["nesterov"] and (g["momentum"] <= 0 or g["dampening"] != 0):
             raise ValueError("Nesterov momentum requires a momentum > 0 and zero dampening")
 
-    def _step_group(self, g: dict[str, Any], ps: list[Tensor]) -> None:
+    def _calls(self, g: dict[str, Any], ps: list[Tensor]) -> list[tuple]:
         lr, mom, damp = float(g["lr"]), float(g["momentum"]), float(g["dampening"])
         nest, wd, maxi = bool(g["nesterov"]), float(g["weight_decay"]), bool(g["maximize"])
         if mom == 0.0:
-            _core.sgd_step(_vs(ps), [], lr, 0.0, damp, nest, wd, False, maxi)
-            return
+            return [("sgd", ps, [None], (lr, 0.0, damp, nest, wd, False, maxi))]
         first, rest = [], []
         for p in ps:
             st = self._state(p)
@@ -284,10 +297,8 @@ class SGD(Optimizer):
                 first.append(p)
             else:
                 rest.append(p)
-        for sub, is_first in ((first, True), (rest, False)):
-            if sub:
-                bufs = [self.state[p]["momentum_buffer"] for p in sub]
-                _core.sgd_step(_vs(sub), _vs(bufs), lr, mom, damp, nest, wd, is_first, maxi)
+        return [("sgd", sub, [[self.state[p]["momentum_buffer"] for p in sub]], (lr, mom, damp, nest, wd, is_first, maxi))
+                for sub, is_first in ((first, True), (rest, False)) if sub]
 
 
 class Adam(Optimizer):
@@ -312,7 +323,7 @@ class Adam(Optimizer):
         _check_nonneg("epsilon value", g["eps"])
         _check_nonneg("weight_decay value", g["weight_decay"])
 
-    def _step_group(self, g: dict[str, Any], ps: list[Tensor]) -> None:
+    def _calls(self, g: dict[str, Any], ps: list[Tensor]) -> list[tuple]:
         ams = bool(g["amsgrad"])
         states = []
         for p in ps:
@@ -326,14 +337,15 @@ class Adam(Optimizer):
             st["step"] += 1
             states.append(st)
         b1, b2 = (float(b) for b in g["betas"])
+        calls = []
         for step, idx in self._by_step(ps, states).items():
             sts = [states[i] for i in idx]
-            _core.adam_step(
-                [ps[i]._v for i in idx], _vs(s["exp_avg"] for s in sts), _vs(s["exp_avg_sq"] for s in sts),
-                _vs(s["max_exp_avg_sq"] for s in sts) if ams else None,
-                float(g["lr"]), b1, b2, float(g["eps"]), float(g["weight_decay"]), int(step),
-                self._decoupled, bool(g["maximize"]),
-            )
+            calls.append((
+                "adam", [ps[i] for i in idx],
+                [[s["exp_avg"] for s in sts], [s["exp_avg_sq"] for s in sts], [s["max_exp_avg_sq"] for s in sts] if ams else None],
+                (float(g["lr"]), b1, b2, float(g["eps"]), float(g["weight_decay"]), int(step), self._decoupled, bool(g["maximize"])),
+            ))
+        return calls
 
 
 class AdamW(Adam):
@@ -367,7 +379,7 @@ class RMSprop(Optimizer):
         _check_nonneg("weight_decay value", g["weight_decay"])
         _check_nonneg("momentum value", g["momentum"])
 
-    def _step_group(self, g: dict[str, Any], ps: list[Tensor]) -> None:
+    def _calls(self, g: dict[str, Any], ps: list[Tensor]) -> list[tuple]:
         mom, centered = float(g["momentum"]), bool(g["centered"])
         for p in ps:
             st = self._state(p)
@@ -380,12 +392,12 @@ class RMSprop(Optimizer):
                 st["grad_avg"] = zeros(p.shape)
             st["step"] += 1
         sts = [self.state[p] for p in ps]
-        _core.rmsprop_step(
-            _vs(ps), _vs(s["square_avg"] for s in sts),
-            _vs(s["momentum_buffer"] for s in sts) if mom > 0 else None,
-            _vs(s["grad_avg"] for s in sts) if centered else None,
-            float(g["lr"]), float(g["alpha"]), float(g["eps"]), float(g["weight_decay"]), mom, bool(g["maximize"]),
-        )
+        return [(
+            "rmsprop", ps,
+            [[s["square_avg"] for s in sts], [s["momentum_buffer"] for s in sts] if mom > 0 else None,
+             [s["grad_avg"] for s in sts] if centered else None],
+            (float(g["lr"]), float(g["alpha"]), float(g["eps"]), float(g["weight_decay"]), mom, bool(g["maximize"])),
+        )]
 
 
 class Adagrad(Optimizer):
@@ -408,7 +420,7 @@ class Adagrad(Optimizer):
         _check_nonneg("initial_accumulator_value", g["initial_accumulator_value"])
         _check_nonneg("epsilon value", g["eps"])
 
-    def _step_group(self, g: dict[str, Any], ps: list[Tensor]) -> None:
+    def _calls(self, g: dict[str, Any], ps: list[Tensor]) -> list[tuple]:
         states = []
         for p in ps:
             st = self._state(p)
@@ -417,11 +429,9 @@ class Adagrad(Optimizer):
                 st["sum"] = Tensor(_core.from_numpy(np.full(p.shape, g["initial_accumulator_value"], np.float32), False))
             st["step"] += 1
             states.append(st)
-        for step, idx in self._by_step(ps, states).items():
-            _core.adagrad_step(
-                [ps[i]._v for i in idx], _vs(states[i]["sum"] for i in idx), float(g["lr"]), float(g["lr_decay"]),
-                float(g["weight_decay"]), float(g["eps"]), int(step), bool(g["maximize"]),
-            )
+        return [("adagrad", [ps[i] for i in idx], [[states[i]["sum"] for i in idx]],
+                 (float(g["lr"]), float(g["lr_decay"]), float(g["weight_decay"]), float(g["eps"]), int(step), bool(g["maximize"])))
+                for step, idx in self._by_step(ps, states).items()]
 
 
 from . import lr_scheduler  # noqa: E402 - needs Optimizer defined above

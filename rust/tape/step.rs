@@ -1,0 +1,192 @@
+//! A compiled training step: the flat program of forward + backward and the optimizer update,
+//! replayed in ONE call.
+//!
+//! The program's outputs are the loss and one gradient per parameter. The update applies each
+//! optimizer call's `Rule` (the same code as the eager `optimizer.step()`) to the parameters in
+//! place. One fusion is made where the math allows it exactly: with plain SGD (no momentum, no
+//! weight decay) a weight gradient produced by a matmul node that nothing else reads is never
+//! materialised; the executor writes `W += -lr * op(A) op(B)` straight into the weight (a GEMM
+//! epilogue, not a derivative: the matmul node is the one the VJP rule emitted).
+//!
+//! Buffers: the step owns an arena (see `tensor::with_arena`). The first call fills it; later
+//! calls take every intermediate buffer from it, so a step allocates no tensor storage.
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use crate::bail;
+use crate::error::Result;
+use crate::kernels::{num_threads, pool, PAR_MIN_LEN};
+use crate::ops::{self, Op};
+use crate::optim::Rule;
+use crate::tensor::{with_arena, Tensor};
+
+use super::program::{Program, SlotKind};
+use super::Var;
+
+/// One optimizer call: a rule, the parameters it updates (indices into the step's parameter
+/// list) and their state buffers by position (`None`: an absent optional buffer).
+pub struct Call {
+    pub rule: Rule,
+    pub params: Vec<usize>,
+    pub states: Vec<Option<Vec<Var>>>,
+}
+
+/// Apply `rule` to `params` in place with `grads`; state buffers are updated in place too.
+/// Small or single-threaded updates run on the calling thread (no pool handoff).
+pub fn update_vars(rule: &Rule, params: &[Var], states: &[Option<Vec<Var>>], grads: &[&Tensor]) -> Result<()> {
+    if grads.len() != params.len() {
+        bail!(Value, "optimizer step: {} parameters but {} gradients", params.len(), grads.len());
+    }
+    for s in states.iter().flatten() {
+        if s.len() != params.len() {
+            bail!(Value, "optimizer step: {} parameters but {} state buffers", params.len(), s.len());
+        }
+    }
+    for (i, p) in params.iter().enumerate() {
+        let ps = p.shape();
+        if grads[i].shape != ps {
+            bail!(Shape, "optimizer step: gradient shape {:?} does not match parameter shape {:?}", grads[i].shape, ps);
+        }
+        if states.iter().flatten().any(|s| s[i].shape() != ps) {
+            bail!(Shape, "optimizer step: a state buffer's shape does not match its parameter's shape {ps:?}");
+        }
+    }
+    let work: usize = params.iter().map(|p| p.shape().iter().product::<usize>()).sum();
+    let run = || {
+        for (i, p) in params.iter().enumerate() {
+            // update inside the Vars' own storage: no copy unless a buffer is shared
+            let mut pv = p.value_mut();
+            let mut bufs: Vec<Option<_>> = states.iter().map(|s| s.as_ref().map(|s| s[i].value_mut())).collect();
+            let mut slices: Vec<Option<&mut [f32]>> = bufs.iter_mut().map(|b| b.as_mut().map(|b| b.make_mut())).collect();
+            rule.apply(pv.make_mut(), grads[i].data(), &mut slices);
+        }
+    };
+    if work < PAR_MIN_LEN || num_threads() == 1 {
+        run()
+    } else {
+        pool().install(run)
+    }
+    Ok(())
+}
+
+pub struct TrainStep {
+    prog: Program,
+    params: Vec<Var>,
+    /// program output index holding each parameter's gradient
+    grad_out: Vec<usize>,
+    /// for each parameter, the matmul node slot that produces its gradient and that nothing
+    /// but the output list reads (a candidate for the fused SGD epilogue)
+    fusable: Vec<Option<usize>>,
+    /// last-use tables per set of deferred (fused) nodes
+    plans: Mutex<HashMap<Vec<bool>, Vec<usize>>>,
+    arena: Mutex<Vec<Vec<f32>>>,
+}
+
+impl TrainStep {
+    /// `prog` outputs the loss (output 0) then one gradient per parameter, in order.
+    pub fn new(prog: Program, params: Vec<Var>) -> Result<TrainStep> {
+        if prog.outputs.len() != params.len() + 1 {
+            bail!(Value, "compiled step: the program has {} outputs, expected the loss and {} gradients", prog.outputs.len(), params.len());
+        }
+        let grad_out: Vec<usize> = (1..=params.len()).collect();
+        let mut readers = vec![0usize; prog.slots.len()];
+        for s in &prog.slots {
+            if let SlotKind::Node { args, .. } = &s.kind {
+                for &a in args {
+                    readers[a] += 1;
+                }
+            }
+        }
+        for &o in &prog.outputs {
+            readers[o] += 1;
+        }
+        let fusable = params
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let slot = prog.outputs[grad_out[i]];
+                let s = &prog.slots[slot];
+                match &s.kind {
+                    SlotKind::Node { op: Op::MatMul { .. }, .. } if readers[slot] == 1 && s.shape == p.shape() => Some(slot),
+                    _ => None,
+                }
+            })
+            .collect();
+        Ok(TrainStep { prog, params, grad_out, fusable, plans: Mutex::new(HashMap::new()), arena: Mutex::new(Vec::new()) })
+    }
+
+    pub fn program(&self) -> &Program {
+        &self.prog
+    }
+
+    /// Parameters whose gradient the next `run` with these calls writes straight into the weight.
+    pub fn fused(&self, calls: &[Call]) -> Vec<bool> {
+        let mut fused = vec![false; self.params.len()];
+        for c in calls {
+            if c.rule.plain_sgd_factor().is_some() {
+                for &i in &c.params {
+                    fused[i] = self.fusable[i].is_some();
+                }
+            }
+        }
+        fused
+    }
+
+    /// Forward, backward and every optimizer call, in one replay; returns the loss.
+    pub fn run(&self, inputs: &[Tensor], calls: &[Call]) -> Result<f32> {
+        let mut seen = vec![false; self.params.len()];
+        for c in calls {
+            for &i in &c.params {
+                if i >= self.params.len() || std::mem::replace(&mut seen[i], true) {
+                    bail!(Value, "compiled step: parameter index {i} is out of range or updated twice");
+                }
+            }
+        }
+        let fused = self.fused(calls);
+        let mut skip = vec![false; self.prog.slots.len()];
+        for (i, f) in fused.iter().enumerate() {
+            if *f {
+                skip[self.fusable[i].unwrap()] = true;
+            }
+        }
+        let last_use = {
+            let mut plans = self.plans.lock().unwrap();
+            plans.entry(skip.clone()).or_insert_with(|| self.prog.last_use_skipping(&skip)).clone()
+        };
+        let mut arena = self.arena.lock().unwrap();
+        with_arena(&mut arena, || -> Result<f32> {
+            let vals = self.prog.run_slots(inputs, &last_use, &skip)?;
+            let out = |k: usize| vals[self.prog.outputs[k]].as_ref().expect("program output missing");
+            let loss = out(0);
+            if loss.data().len() != 1 {
+                bail!(Shape, "compiled step: the loss must be a scalar, got shape {:?}", loss.shape);
+            }
+            let loss = loss.data()[0];
+            for c in calls {
+                let (mut plain, mut fuse) = (Vec::new(), Vec::new());
+                for &i in &c.params {
+                    if fused[i] { fuse.push(i) } else { plain.push(i) }
+                }
+                if !plain.is_empty() {
+                    let ps: Vec<Var> = plain.iter().map(|&i| self.params[i].clone()).collect();
+                    let pos: Vec<usize> = plain.iter().map(|&i| c.params.iter().position(|&j| j == i).unwrap()).collect();
+                    let states: Vec<Option<Vec<Var>>> = c.states.iter().map(|s| s.as_ref().map(|s| pos.iter().map(|&k| s[k].clone()).collect())).collect();
+                    let grads: Vec<&Tensor> = plain.iter().map(|&i| out(self.grad_out[i])).collect();
+                    update_vars(&c.rule, &ps, &states, &grads)?;
+                }
+                let beta = c.rule.plain_sgd_factor().unwrap_or(0.0);
+                for i in fuse {
+                    let slot = self.fusable[i].unwrap();
+                    let SlotKind::Node { op: Op::MatMul { ta, tb }, args } = &self.prog.slots[slot].kind else { unreachable!() };
+                    let (a, b) = (vals[args[0]].as_ref().unwrap(), vals[args[1]].as_ref().unwrap());
+                    let p = &self.params[i];
+                    let mut w = p.value_mut();
+                    let shape = w.shape.clone();
+                    ops::matmul::accumulate_into(a, b, *ta, *tb, w.make_mut(), &shape, beta)?;
+                }
+            }
+            drop(vals);
+            Ok(loss)
+        })
+    }
+}
