@@ -357,6 +357,12 @@ SPECS: dict[str, Callable[[np.random.Generator], list[Case]]] = {
     "eq": comparison(lambda a, b: a == b, np.equal),
     "ne": comparison(lambda a, b: a != b, np.not_equal),
     "where": where_cases,
+    "relu_grad": lambda rng: [dataclasses.replace(c, wrt=(0,)) for c in binary(  # the mask y has no gradient
+        lambda g, y: bg.Tensor(bg._core.apply("relu_grad", [g._v, y._v])), lambda g, y: np.where(y > 0, g, 0.0),
+        lambda rng, sa, sb: (randn(rng, sa), nonzero(rng, sb)))(rng)],
+    "add_relu": binary(bg.nn.functional.add_relu, lambda a, b: np.maximum(a + b, 0.0),
+                       lambda rng, sa, sb: ((rng.integers(-2, 3, sa) + 0.3 + rng.uniform(-0.02, 0.02, sa)).astype(F32),
+                                            (rng.integers(-2, 3, sb) + 0.05 + rng.uniform(-0.02, 0.02, sb)).astype(F32))),
     "sum": reductions(bg.sum, "sum", np.sum),
     "mean": reductions(bg.mean, "mean", np.mean),
     "max": reductions(bg.max, "max", np.max, distinct),

@@ -429,7 +429,7 @@ def _scatter_rule(attrs, xs, bs, shapes, out_shape, B):
 BATCH_RULES: dict[str, Callable] = {
     **{k: _elementwise(k) for k in ["neg", "exp", "log", "sqrt", "tanh", "sigmoid", "relu", "abs", "sign", "pow_scalar",
                                      "clip", "add", "sub", "mul", "div", "maximum", "minimum", "lt", "le", "gt", "ge",
-                                     "eq", "ne", "where"]},
+                                     "eq", "ne", "where", "relu_grad", "add_relu"]},
     **{k: _reduce_rule(k) for k in ["sum", "mean", "max", "logsumexp"]},
     "softmax": _axis_rule("softmax"), "log_softmax": _axis_rule("log_softmax"),
     "reshape": _reshape_rule, "transpose": _transpose_rule, "broadcast_to": _broadcast_rule,

@@ -84,6 +84,16 @@ binary_ops! {
     Op::Ge => f: |x, y| b(x >= y), vjp: |a, b, o, g| (None, None);
     Op::Eq => f: |x, y| b(x == y), vjp: |a, b, o, g| (None, None);
     Op::Ne => f: |x, y| b(x != y), vjp: |a, b, o, g| (None, None);
+    // relu_grad(g, y) = g [y > 0] is linear in g (same mask); the mask has no gradient
+    Op::ReluGrad => f: |x, y| if y > 0.0 { x } else { 0.0 }, vjp: |a, b, o, g| (Some(relu_grad(g, b)?), None);
+    // d relu(a+b) = [o > 0] for both, read from the output
+    Op::AddRelu => f: |x, y| relu(x + y), vjp: |a, b, o, g| { let t = relu_grad(g, o)?; (Some(t.clone()), Some(t)) };
+}
+
+/// relu that propagates NaN (as numpy.maximum(x, 0) does)
+#[inline(always)]
+pub fn relu(s: f32) -> f32 {
+    if s > 0.0 { s } else if s.is_nan() { s } else { 0.0 }
 }
 
 /// where(cond, a, b): cond != 0 selects a.

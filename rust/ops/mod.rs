@@ -42,7 +42,7 @@ registry! {
     3  "sqrt"       1 "output"        true  "square root";
     4  "tanh"       1 "output"        true  "hyperbolic tangent";
     5  "sigmoid"    1 "output"        true  "1/(1+e^-x), stable for large |x|";
-    6  "relu"       1 "inputs"        true  "max(x, 0)";
+    6  "relu"       1 "output"        true  "max(x, 0)";
     7  "abs"        1 "inputs"        true  "|x|";
     8  "sign"       1 "none"          false "sign(x) (no gradient)";
     9  "pow_scalar" 1 "inputs"        true  "x ** p for a scalar p";
@@ -78,6 +78,8 @@ registry! {
     39 "logsumexp"  1 "inputs+output" true  "log(sum(exp(x))) over axes (stable)";
     40 "softmax_xent" 2 "inputs"      true  "per-example cross-entropy of logits (N, C) and integer labels (N,)";
     41 "softmax_xent_backward" 3 "inputs" true "fused (softmax(logits) - onehot) * g[:, None]";
+    42 "relu_grad"  2 "inputs"        true  "g * [y > 0] (broadcasting): relu's backward in one pass; no gradient through y";
+    43 "add_relu"   2 "output"        true  "relu(a + b) (broadcasting): bias add + activation in one pass";
 }
 
 /// An op and its attributes.
@@ -107,6 +109,8 @@ pub enum Op {
     LogSumExp { axes: Vec<i64>, keepdims: bool },
     SoftmaxXent,
     SoftmaxXentBackward,
+    ReluGrad,
+    AddRelu,
 }
 
 /// An attribute value, for export to / construction from Python.
@@ -133,7 +137,7 @@ impl Op {
             Slice { .. } => 30, SliceGrad { .. } => 31, Take { .. } => 32, ScatterAdd { .. } => 33,
             Concatenate { .. } => 34, Stack { .. } => 35, MatMul { .. } => 36,
             Softmax { .. } => 37, LogSoftmax { .. } => 38, LogSumExp { .. } => 39,
-            SoftmaxXent => 40, SoftmaxXentBackward => 41,
+            SoftmaxXent => 40, SoftmaxXentBackward => 41, ReluGrad => 42, AddRelu => 43,
         }
     }
     pub fn spec(&self) -> &'static OpSpec {
@@ -227,6 +231,8 @@ impl Op {
             "log_softmax" => LogSoftmax { axis: int("axis", Some(-1))? },
             "softmax_xent" => SoftmaxXent,
             "softmax_xent_backward" => SoftmaxXentBackward,
+            "relu_grad" => ReluGrad,
+            "add_relu" => AddRelu,
             _ => bail!(Value, "unknown op '{name}' (see batchgrad._core.op_table())"),
         })
     }
@@ -255,7 +261,7 @@ fn run_forward(op: &Op, ins: &[&Tensor]) -> Result<Tensor> {
     use Op::*;
     match op {
         Neg | Exp | Log | Sqrt | Tanh | Sigmoid | Relu | Abs | Sign | PowScalar { .. } | Clip { .. } => unary::forward(op, ins[0]),
-        Add | Sub | Mul | Div | Maximum | Minimum | Lt | Le | Gt | Ge | Eq | Ne => binary::forward(op, ins[0], ins[1]),
+        Add | Sub | Mul | Div | Maximum | Minimum | Lt | Le | Gt | Ge | Eq | Ne | ReluGrad | AddRelu => binary::forward(op, ins[0], ins[1]),
         Where => binary::where_forward(ins[0], ins[1], ins[2]),
         Sum { .. } | Mean { .. } | Max { .. } => reduce::forward(op, ins[0]),
         Reshape { .. } | Transpose { .. } | BroadcastTo { .. } | Slice { .. } | SliceGrad { .. } | Take { .. } | ScatterAdd { .. } | Concatenate { .. } | Stack { .. } => {
@@ -272,7 +278,7 @@ pub fn vjp(op: &Op, ins: &[Var], y: &Var, g: &Var) -> Result<Vec<Option<Var>>> {
     use Op::*;
     match op {
         Neg | Exp | Log | Sqrt | Tanh | Sigmoid | Relu | Abs | Sign | PowScalar { .. } | Clip { .. } => Ok(vec![unary::vjp(op, &ins[0], y, g)?]),
-        Add | Sub | Mul | Div | Maximum | Minimum | Lt | Le | Gt | Ge | Eq | Ne => binary::vjp(op, &ins[0], &ins[1], y, g),
+        Add | Sub | Mul | Div | Maximum | Minimum | Lt | Le | Gt | Ge | Eq | Ne | ReluGrad | AddRelu => binary::vjp(op, &ins[0], &ins[1], y, g),
         Where => binary::where_vjp(ins, g),
         Sum { .. } | Mean { .. } | Max { .. } => Ok(vec![Some(reduce::vjp(op, &ins[0], y, g)?)]),
         Reshape { .. } | Transpose { .. } | BroadcastTo { .. } | Slice { .. } | SliceGrad { .. } | Take { .. } | ScatterAdd { .. } | Concatenate { .. } | Stack { .. } => {

@@ -45,8 +45,8 @@ unary_ops! {
     Op::Tanh => f: |x| simd::tanh(x), vjp: |x, y, g| Ok(Some(mul(g, &rsub(1.0, &mul(y, y)?)?)?));
     // d sigmoid = y (1 - y)
     Op::Sigmoid => f: |x| simd::sigmoid(x), vjp: |x, y, g| Ok(Some(mul(g, &mul(y, &rsub(1.0, y)?)?)?));
-    // d relu = [x > 0]
-    Op::Relu => f: |x| if x > 0.0 { x } else if x.is_nan() { x } else { 0.0 }, vjp: |x, y, g| Ok(Some(mul(g, &cmp(Op::Gt, x, &Var::scalar(0.0))?)?));
+    // d relu = [y > 0], one fused pass over g and the output
+    Op::Relu => f: |x| super::binary::relu(x), vjp: |x, y, g| Ok(Some(relu_grad(g, y)?));
     // d |x| = sign(x)
     Op::Abs => f: |x| x.abs(), vjp: |x, y, g| Ok(Some(mul(g, &Var::apply(Op::Sign, &[x.clone()])?)?));
     // piecewise constant: no gradient

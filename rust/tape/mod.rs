@@ -201,6 +201,7 @@ pub mod build {
     pub fn add(a: &Var, b: &Var) -> Result<Var> { Var::apply(Op::Add, &[a.clone(), b.clone()]) }
     pub fn sub(a: &Var, b: &Var) -> Result<Var> { Var::apply(Op::Sub, &[a.clone(), b.clone()]) }
     pub fn mul(a: &Var, b: &Var) -> Result<Var> { Var::apply(Op::Mul, &[a.clone(), b.clone()]) }
+    pub fn relu_grad(g: &Var, y: &Var) -> Result<Var> { Var::apply(Op::ReluGrad, &[g.clone(), y.clone()]) }
     pub fn div(a: &Var, b: &Var) -> Result<Var> { Var::apply(Op::Div, &[a.clone(), b.clone()]) }
     pub fn neg(a: &Var) -> Result<Var> { Var::apply(Op::Neg, &[a.clone()]) }
     pub fn exp(a: &Var) -> Result<Var> { Var::apply(Op::Exp, &[a.clone()]) }

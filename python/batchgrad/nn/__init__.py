@@ -330,11 +330,15 @@ class Linear(Module):
         else:
             self.register_parameter("bias", None)
 
-    def forward(self, x: Any) -> Tensor:
+    def forward(self, x: Any, relu: bool = False) -> Tensor:
+        """``x @ weight + bias``; with ``relu=True``, ``relu`` of it with the bias add and the
+        activation fused into one op (``F.add_relu``)."""
         x = as_tensor(x)
         if x.ndim == 0 or x.shape[-1] != self.in_features:
             raise ValueError(f"Linear: expected input with last dimension {self.in_features}, got shape {x.shape}")
         y = x @ self.weight
+        if relu:
+            return F.relu(y) if self.bias is None else F.add_relu(y, self.bias)
         return y if self.bias is None else y + self.bias
 
     def extra_repr(self) -> str:
@@ -379,8 +383,18 @@ class Sequential(Module):
         return mods[i]
 
     def forward(self, x: Any) -> Any:
-        for m in self:
-            x = m(x)
+        """Each module in turn. A ``Linear`` directly followed by a ``ReLU`` runs as one fused
+        bias-add + activation (``F.linear_relu``): same values and gradients, fewer passes."""
+        mods = list(self)
+        i = 0
+        while i < len(mods):
+            m = mods[i]
+            if type(m) is Linear and i + 1 < len(mods) and type(mods[i + 1]) is ReLU:
+                x = m.forward(x, relu=True)
+                i += 2
+            else:
+                x = m(x)
+                i += 1
         return x
 
 

@@ -20,7 +20,7 @@ from ..tensor import softmax as _softmax
 
 __all__ = [
     "mse_loss", "l1_loss", "cross_entropy", "binary_cross_entropy_with_logits",
-    "l2_penalty", "l1_penalty", "linear", "relu", "tanh", "sigmoid", "softmax", "log_softmax",
+    "l2_penalty", "l1_penalty", "linear", "linear_relu", "add_relu", "relu", "tanh", "sigmoid", "softmax", "log_softmax",
 ]
 
 _REDUCTIONS = ("mean", "sum", "none")
@@ -193,6 +193,18 @@ def linear(input: Any, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """``input @ weight + bias`` with ``weight`` of shape ``(in, out)`` (the transpose of PyTorch's)."""
     y = as_tensor(input) @ weight
     return y if bias is None else y + bias
+
+
+def add_relu(input: Any, bias: Any) -> Tensor:
+    """``relu(input + bias)`` (broadcasting) as one fused op: one pass over memory forward, and
+    its backward is the fused ``relu_grad`` (no separate add, compare and multiply passes)."""
+    return Tensor(_core.apply("add_relu", [as_tensor(input)._v, as_tensor(bias)._v]))
+
+
+def linear_relu(input: Any, weight: Tensor, bias: Tensor) -> Tensor:
+    """``relu(input @ weight + bias)`` with the bias add and the activation fused (``add_relu``).
+    ``nn.Sequential`` uses it for each ``Linear`` (with bias) followed by ``ReLU``."""
+    return add_relu(as_tensor(input) @ weight, bias)
 
 
 def softmax(input: Any, dim: int = -1) -> Tensor:
