@@ -1,6 +1,6 @@
 """batchgrad against numpy / PyTorch / JAX, measured in one process, reported as medians and ratios.
 
-    python benches/compare.py [--quick] [--threads 1 2] [--sections gemm step breakdown overhead bandwidth] [--out FILE]
+    python benches/compare.py [--quick] [--threads 1 2] [--sections gemm step compiled breakdown overhead bandwidth] [--out FILE]
 
 Prints one markdown table per section:
   (a) gemm       GEMM GFLOP/s: `bg.tensor(a) @ bg.tensor(b)` (inputs converted once, under
@@ -11,6 +11,8 @@ Prints one markdown table per section:
                  of the whole step (when jax imports). JAX runs in a child process next to a second
                  batchgrad measurement (XLA's threads disturb torch's OpenMP pool in one process), at
                  its default thread count only (XLA sizes its pool at start-up).
+  (b3) compiled   examples/s of `bg.compile_step` (forward + backward + update in one Rust call) vs
+                 JAX `jit` of the whole step, each thread count in a child pinned to that many cores.
   (b2) breakdown  forward / backward / update time of that step, batchgrad vs torch.
   (c) overhead   a 10,000-op chain of scalar ops, forward + backward: batchgrad vs torch 0-d tensors.
   (d) bandwidth  GB/s of elementwise ops and reductions on 1e7 float32 elements vs numpy (and torch).
@@ -524,6 +526,70 @@ def run_jax_child(quick: bool) -> dict | None:
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
+def make_bg_compiled_step(x: np.ndarray, y: np.ndarray):
+    """`bg.compile_step` of the same model / loss / SGD: one Rust call per step."""
+    names = ["0.weight", "0.bias", "2.weight", "2.bias", "4.weight", "4.bias"]
+    model = bg.nn.MLP(list(DIMS))
+    model.load_state_dict(dict(zip(names, _init_params())))
+    opt = bg.optim.SGD(model.parameters(), lr=LR)
+    xb, yb = bg.tensor(x), bg.tensor(y.astype(np.float32))
+    step = bg.compile_step(model, bg.nn.functional.cross_entropy, opt, (xb, yb))
+    return lambda: step(xb, yb)
+
+
+def compiled_child(t: int) -> None:
+    """--compiled-child T: pinned to T cores before JAX loads (XLA sizes its pool from the CPUs it
+    may use), batchgrad at T threads; compiled step vs `jax.jit` of the step; JSON out."""
+    cpus = sorted(os.sched_getaffinity(0))
+    os.sched_setaffinity(0, set(cpus[:t]))
+    bg.set_num_threads(t)
+    Cfg.threads = t
+    res = {"threads": t, "jax": None, "batches": {}}
+    try:
+        import jax
+
+        res["jax"] = jax.__version__
+    except Exception:
+        pass
+    for b in STEP_BATCHES:
+        x, y = _step_data(b)
+        fns = {"bgc": make_bg_compiled_step(x, y)}
+        if res["jax"]:
+            fns["jax"] = make_jax_step(x, y)
+        res["batches"][str(b)] = measure(fns)
+    print(json.dumps(res))
+
+
+def compiled_section(thread_counts: list[int], quick: bool) -> str:
+    """bg.compile_step vs jax.jit of the whole step, each thread count in its own pinned child."""
+    rows = []
+    jv = None
+    with Load() as ld:
+        for t in thread_counts:
+            cmd = [sys.executable, os.path.abspath(__file__), "--compiled-child", str(t), "--repeats", str(Cfg.repeats),
+                   "--min-time", str(Cfg.min_time), "--max-foreign", str(Cfg.max_foreign),
+                   "--wait-idle", str(Cfg.idle_wait)] + (["--quick"] if quick else [])
+            env = dict(os.environ)
+            env.pop("BATCHGRAD_NUM_THREADS", None)
+            r = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+            if r.returncode != 0:
+                print(f"  [compiled child failed: {r.stderr[-2000:]}]", file=sys.stderr)
+                continue
+            res = json.loads(r.stdout.strip().splitlines()[-1])
+            jv = res["jax"] or jv
+            for b in STEP_BATCHES:
+                m = res["batches"][str(b)]
+                jx = m.get("jax")
+                rows.append([str(b), str(t), fmt(b / m["bgc"], 0), fmt(b / jx, 0) if jx else "", ratio(jx, m["bgc"]) if jx else "",
+                             f"{m['bgc'] * 1e6:.1f}"])
+                print(f"  compiled b{b} t{t}: bg {b / m['bgc']:,.0f} ex/s" + (f", jax {b / jx:,.0f} ex/s" if jx else ""), file=sys.stderr)
+    note = (f"`bg.compile_step(model, F.cross_entropy, SGD, batch)`: forward + backward + update replayed in one Rust call. "
+            f"JAX {jv or '(not installed)'}: `jax.jit` of value_and_grad + SGD. Each thread count runs in its own child process "
+            f"pinned to that many cores before JAX loads, so XLA's pool and batchgrad's both use exactly that many. {ld.note()}")
+    return table("(b3) Compiled training step vs JAX jit, examples/s (same MLP, same SGD step)",
+                 ["batch", "threads", "bg compiled", "jax jit", "bg / jax", "bg us/step"], rows, note)
+
+
 def step_section(thread_counts: list[int], quick: bool) -> str:
     rows = []
     desc = ""
@@ -775,8 +841,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="fewer and shorter repeats (about 3-4 minutes)")
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
-    ap.add_argument("--sections", nargs="+", default=["gemm", "step", "breakdown", "overhead", "bandwidth"],
-                    choices=["gemm", "step", "breakdown", "overhead", "bandwidth"])
+    ap.add_argument("--sections", nargs="+", default=["gemm", "step", "compiled", "breakdown", "overhead", "bandwidth"],
+                    choices=["gemm", "step", "compiled", "breakdown", "overhead", "bandwidth"])
     ap.add_argument("--repeats", type=int, default=None)
     ap.add_argument("--min-time", type=float, default=None, help="seconds per timed repeat")
     ap.add_argument("--out", help="also write the tables (markdown) to this file")
@@ -786,6 +852,7 @@ def main() -> None:
                     help="re-measure (after waiting for idle CPUs) any row during which other processes used more "
                          "than FRACTION of the machine's CPU time (e.g. 0.1); default 1.0 = never")
     ap.add_argument("--jax-child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--compiled-child", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.quick:
         Cfg.repeats, Cfg.rounds, Cfg.min_time, Cfg.warmup, Cfg.settle = 6, 2, 0.02, 2, 0.2
@@ -799,12 +866,16 @@ def main() -> None:
     if args.jax_child:
         jax_child(args.quick)
         return
+    if args.compiled_child:
+        compiled_child(args.compiled_child)
+        return
     parts = [header()]
     print(parts[0], flush=True)
     t0 = perf()
     runners = {
         "gemm": lambda: gemm_section(args.threads, args.quick),
         "step": lambda: step_section(args.threads, args.quick),
+        "compiled": lambda: compiled_section(args.threads, args.quick),
         "breakdown": lambda: breakdown_section(args.threads),
         "overhead": lambda: overhead_section(10_000),
         "bandwidth": lambda: bandwidth_section(args.threads, 10_000_000),
