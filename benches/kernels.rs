@@ -140,6 +140,78 @@ fn gemm_mlp(c: &mut Criterion) {
     gemm_group(c, "gemm_mlp", &shapes);
 }
 
+/// The small-batch shapes with their own kernel paths: batch-1 GEMV, A·Bᵀ with a few rows
+/// (dX = G Wᵀ at batch 2-8: row-wise matrix-vector products), the k = 1 outer product (dW at batch 1).
+fn gemm_thin(c: &mut Criterion) {
+    let shapes: Vec<_> = [(1usize, 784usize, 256usize), (2, 256, 256), (8, 256, 256), (8, 784, 256), (784, 1, 256), (256, 1, 256)]
+        .iter()
+        .map(|&(m, k, n)| (format!("{m}x{k}x{n}"), m, k, n))
+        .collect();
+    gemm_group(c, "gemm_thin", &shapes);
+}
+
+/// Fused registry ops against the ops they replace, on a (B x 256) activation, through the
+/// registry's forward (as the executor runs them); and the compiled step's fused SGD epilogue
+/// (W += -lr Xᵀ G) against the gradient product plus a separate SGD update.
+fn fused(c: &mut Criterion) {
+    use batchgrad::ops::{forward, Op};
+    let mut g = c.benchmark_group("fused");
+    for rows in [32usize, 512, 4096] {
+        let (x, bias, gr) = (lcg(1, rows * 256), lcg(2, 256), lcg(3, rows * 256));
+        let t = |v: &[f32], s: Vec<usize>| Tensor::new(v.to_vec(), s).unwrap();
+        let (xt, bt, gt) = (t(&x, vec![rows, 256]), t(&bias, vec![256]), t(&gr, vec![rows, 256]));
+        let zero = t(&[0.0], vec![]);
+        g.throughput(Throughput::Bytes((8 * rows * 256) as u64));
+        for th in THREADS {
+            set_num_threads(th);
+            g.bench_function(BenchmarkId::new(format!("add_relu/{rows}x256"), format!("t{th}")), |b| {
+                set_num_threads(th);
+                b.iter(|| black_box(forward(&Op::AddRelu, &[&xt, &bt]).unwrap()))
+            });
+            g.bench_function(BenchmarkId::new(format!("add_then_relu/{rows}x256"), format!("t{th}")), |b| {
+                set_num_threads(th);
+                b.iter(|| black_box(forward(&Op::Relu, &[&forward(&Op::Add, &[&xt, &bt]).unwrap()]).unwrap()))
+            });
+            g.bench_function(BenchmarkId::new(format!("relu_grad/{rows}x256"), format!("t{th}")), |b| {
+                set_num_threads(th);
+                b.iter(|| black_box(forward(&Op::ReluGrad, &[&gt, &xt]).unwrap()))
+            });
+            g.bench_function(BenchmarkId::new(format!("gt_then_mul/{rows}x256"), format!("t{th}")), |b| {
+                set_num_threads(th);
+                b.iter(|| black_box(forward(&Op::Mul, &[&gt, &forward(&Op::Gt, &[&xt, &zero]).unwrap()]).unwrap()))
+            });
+        }
+    }
+    // fused SGD epilogue at batch 1 and 32: W (784 x 256) += -lr * Xᵀ G
+    for b in [1usize, 32] {
+        let (xv, gv) = (lcg(4, b * 784), lcg(5, b * 256));
+        let mut w = lcg(6, 784 * 256);
+        let a = Operand { data: &xv, rows: b, cols: 784, trans: true };
+        let gg = Operand { data: &gv, rows: b, cols: 256, trans: false };
+        g.throughput(Throughput::Bytes((2 * 4 * 784 * 256) as u64));
+        for th in THREADS {
+            set_num_threads(th);
+            g.bench_function(BenchmarkId::new(format!("sgd_epilogue/{b}x784x256"), format!("t{th}")), |bch| {
+                set_num_threads(th);
+                bch.iter(|| {
+                    let e = batchgrad::kernels::gemm::Epilogue { accumulate: true, alpha: 1.0, beta: -1e-3 };
+                    batchgrad::kernels::gemm::matmul_into(&mut w, e, &a, &gg, &[0], &[0], 784, b, 256);
+                    black_box(w[0])
+                })
+            });
+            g.bench_function(BenchmarkId::new(format!("grad_then_sgd/{b}x784x256"), format!("t{th}")), |bch| {
+                set_num_threads(th);
+                bch.iter(|| {
+                    let d = keep(matmul(&a, &gg, &[0], &[0], 784, b, 256).unwrap());
+                    batchgrad::optim::sgd(&mut w, d.data(), None, 1e-3, 0.0, 0.0, false, 0.0, false, false);
+                    black_box(w[0])
+                })
+            });
+        }
+    }
+    g.finish();
+}
+
 const SIZES: [(usize, &str); 3] = [(10_000, "1e4"), (1_000_000, "1e6"), (10_000_000, "1e7")];
 
 fn sample_size_for(n: usize) -> usize {
@@ -275,6 +347,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = benches;
     config = config();
-    targets = gemm_square, gemm_mlp, elementwise, reductions
+    targets = gemm_square, gemm_mlp, gemm_thin, fused, elementwise, reductions
 }
 criterion_main!(benches);

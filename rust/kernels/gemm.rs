@@ -54,7 +54,7 @@ pub fn matmul_into(out: &mut [f32], e: Epilogue, a: &Operand, b: &Operand, a_off
     let (b_rs, b_cs) = st(b);
     let flops = 2 * m * n * k;
     // A few rows times a transposed B (dX = G Wᵀ in every backward): the crate's general kernel
-    // is 10x slower here than its matrix-vector path (benches/kernels.rs `nt_rows`), so such a
+    // is 8-13x slower here than its matrix-vector path (benches/kernels.rs `gemm_thin`), so such a
     // product runs as one matrix-vector product per row.
     let rowwise = b_cs != 1 && (2..=ROWWISE_NT_MAX).contains(&m) && k >= 64;
     let one = |dst: &mut [f32], ao: usize, bo: usize, par: Parallelism| unsafe {

@@ -4,7 +4,7 @@
 //! These shapes are memory-bound (each element of the big operand is used a handful of times),
 //! so the kernels stream the big operand once, keep the small accumulator in L1 and are
 //! compiled for the CPU's widest SIMD by `simd::dispatch`. A packed GEMM spends more on packing
-//! than on arithmetic here; `benches/kernels.rs` (`thin_*`) compares both.
+//! than on arithmetic here; `benches/kernels.rs` (group `gemm_thin`) measures these shapes.
 //!
 //! Every output element is summed over k in a fixed order, so results do not depend on the
 //! thread count.
