@@ -998,7 +998,18 @@ impl Rule {
         }
     }
 
-    /// Update one parameter in place from its gradient; `s` are its state buffers by position.
+    /// Positions of the state buffers the rule cannot run without.
+    pub fn required_states(&self) -> &'static [usize] {
+        match self {
+            Rule::Sgd { momentum, .. } if *momentum != 0.0 => &[0],
+            Rule::Sgd { .. } => &[],
+            Rule::Adam { .. } => &[0, 1],
+            Rule::RmsProp { .. } | Rule::Adagrad { .. } => &[0],
+        }
+    }
+
+    /// Update one parameter in place from its gradient; `s` are its state buffers by position
+    /// (callers check `required_states` first).
     pub fn apply(&self, p: &mut [f32], g: &[f32], s: &mut [Option<&mut [f32]>]) {
         match *self {
             Rule::Sgd { lr, momentum, dampening, nesterov, wd, first, maximize } => sgd(p, g, s.get_mut(0).and_then(|x| x.as_deref_mut()), lr, momentum, dampening, nesterov, wd, first, maximize),

@@ -147,3 +147,23 @@ def test_gpu_device_is_not_there_yet():
     m, o = _setup(lr=0.1)
     with pytest.raises(NotImplementedError, match="gpu"):
         bg.compile_step(m, F.cross_entropy, o, device="gpu")
+
+
+def test_bad_update_calls_raise_instead_of_crashing():
+    m, o = _setup(optim.SGD, lr=0.1)
+    X, y = _batches(1)[0]
+    step = bg.compile_step(m, F.cross_entropy, o, (X, y))
+    ts = step.step_for(X, bg.tensor(np.asarray(y, np.float32)))
+    Xv, yv = X._v, bg.tensor(np.asarray(y, np.float32))._v
+    w = [p._v for p in m.parameters()]
+    adam_scalars = (1e-3, 0.9, 0.999, 1e-8, 0.0, 1, False, False)
+    with pytest.raises(ValueError, match="state list"):
+        ts.run([Xv, yv], [("adam", [0], [None, None, None], adam_scalars)])
+    with pytest.raises(ValueError, match="buffers for 2 parameters"):
+        ts.run([Xv, yv], [("adam", [0, 1], [[w[0]], [w[0]], None], adam_scalars)])
+    with pytest.raises(ValueError, match="out of range or updated twice"):
+        ts.run([Xv, yv], [("sgd", [0, 0], [None], (0.1, 0.0, 0.0, False, 0.0, False, False))])
+    with pytest.raises(ValueError, match="unknown rule"):
+        ts.run([Xv, yv], [("lion", [0], [], (0.1,))])
+    with pytest.raises(ValueError, match="scalars"):
+        ts.run([Xv, yv], [("sgd", [0], [None], (0.1,))])

@@ -34,6 +34,9 @@ pub struct Call {
 /// Apply `rule` to `params` in place with `grads`; state buffers are updated in place too.
 /// Small or single-threaded updates run on the calling thread (no pool handoff).
 pub fn update_vars(rule: &Rule, params: &[Var], states: &[Option<Vec<Var>>], grads: &[&Tensor]) -> Result<()> {
+    if let Some(k) = rule.required_states().iter().find(|&&k| states.get(k).map_or(true, |s| s.is_none())) {
+        bail!(Value, "optimizer step: {rule:?} needs state buffer list {k}");
+    }
     if grads.len() != params.len() {
         bail!(Value, "optimizer step: {} parameters but {} gradients", params.len(), grads.len());
     }
@@ -136,6 +139,18 @@ impl TrainStep {
     pub fn run(&self, inputs: &[Tensor], calls: &[Call]) -> Result<f32> {
         let mut seen = vec![false; self.params.len()];
         for c in calls {
+            for (k, st) in c.states.iter().enumerate() {
+                match st {
+                    Some(s) if s.len() != c.params.len() => {
+                        bail!(Value, "compiled step: state list {k} has {} buffers for {} parameters", s.len(), c.params.len())
+                    }
+                    None if c.rule.required_states().contains(&k) => bail!(Value, "compiled step: {:?} needs state list {k}", c.rule),
+                    _ => {}
+                }
+            }
+            if let Some(k) = c.rule.required_states().iter().find(|&&k| k >= c.states.len()) {
+                bail!(Value, "compiled step: {:?} needs state list {k}", c.rule);
+            }
             for &i in &c.params {
                 if i >= self.params.len() || std::mem::replace(&mut seen[i], true) {
                     bail!(Value, "compiled step: parameter index {i} is out of range or updated twice");
