@@ -80,22 +80,22 @@ pub fn matmul_into(out: &mut [f32], e: Epilogue, a: &Operand, b: &Operand, a_off
     };
     let threads = num_threads();
     if thin::applies(k, &view(b, 0, b_rs, b_cs)) {
-        // a small inner dimension (outer products): memory-bound, streamed rows of axpys (no packing)
-        let small = |dst: &mut [f32], ao: usize, bo: usize, rows: usize| {
-            thin::product(dst, &view(a, ao, a_rs, a_cs), &view(b, bo, b_rs, b_cs), rows, k, n, e)
+        // outer products (k = 1): memory-bound, one streamed scaled row per output row (no packing)
+        let outer = |dst: &mut [f32], ao: usize, bo: usize, rows: usize| {
+            thin::product(dst, &view(a, ao, a_rs, a_cs), &view(b, bo, b_rs, b_cs), rows, n, e)
         };
         super::maybe_par(batch * m * n, |par| {
             if par && batch > 1 {
-                out.par_chunks_mut(m * n).enumerate().for_each(|(i, dst)| small(dst, a_off[i], b_off[i], m));
+                out.par_chunks_mut(m * n).enumerate().for_each(|(i, dst)| outer(dst, a_off[i], b_off[i], m));
             } else if par && m > 1 {
                 let rows = (1usize << 14) / n.max(1) + 1;
                 out.par_chunks_mut(rows * n).enumerate().for_each(|(c, dst)| {
                     // row block c of the single matrix: shift a's start by c*rows rows
-                    small(dst, (a_off[0] as isize + (c * rows) as isize * a_rs) as usize, b_off[0], dst.len() / n);
+                    outer(dst, (a_off[0] as isize + (c * rows) as isize * a_rs) as usize, b_off[0], dst.len() / n);
                 });
             } else {
                 for (i, dst) in out.chunks_mut(m * n).enumerate() {
-                    small(dst, a_off[i], b_off[i], m);
+                    outer(dst, a_off[i], b_off[i], m);
                 }
             }
         });

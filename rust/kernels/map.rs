@@ -12,7 +12,7 @@ const CHUNK: usize = 1 << 14;
 /// out[i] = f(x[i]).
 pub fn unary(x: &[f32], f: impl Fn(f32) -> f32 + Sync + Send) -> Result<Vec<f32>> {
     let mut out = alloc_for_overwrite(x.len())?;
-    let run = |o: &mut [f32], x: &[f32]| simd::dispatch(|| o.iter_mut().zip(x).for_each(|(o, &x)| *o = f(x)));
+    let run = |o: &mut [f32], x: &[f32]| simd::dispatch(#[inline(always)] || o.iter_mut().zip(x).for_each(|(o, &x)| *o = f(x)));
     maybe_par(x.len(), |par| {
         if par {
             out.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).for_each(|(o, x)| run(o, x));
@@ -130,10 +130,10 @@ pub fn binary(out_shape: &[usize], a: View, b: View, f: impl Fn(f32, f32) -> f32
             if par {
                 out.par_chunks_mut(CHUNK).enumerate().for_each(|(c, o)| {
                     let (s, len) = (c * CHUNK, o.len());
-                    simd::dispatch(|| o.iter_mut().zip(&a[s..s + len]).zip(&b[s..s + len]).for_each(|((o, &x), &y)| *o = f(x, y)));
+                    simd::dispatch(#[inline(always)] || o.iter_mut().zip(&a[s..s + len]).zip(&b[s..s + len]).for_each(|((o, &x), &y)| *o = f(x, y)));
                 });
             } else {
-                simd::dispatch(|| out.iter_mut().zip(a).zip(b).for_each(|((o, &x), &y)| *o = f(x, y)));
+                simd::dispatch(#[inline(always)] || out.iter_mut().zip(a).zip(b).for_each(|((o, &x), &y)| *o = f(x, y)));
             }
         });
         return Ok(out);

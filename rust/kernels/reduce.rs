@@ -161,7 +161,15 @@ fn sum_exp(xr: &[f32], m: f32) -> f32 {
 /// for large inputs, each task compiled for the CPU's widest SIMD.
 fn for_each_row(x: &[f32], out: &mut [f32], n: usize, ow: usize, row: impl Fn(&[f32], &mut [f32]) + Sync + Send) {
     let rows_per_task = ((1usize << 14) / n.max(1)).max(1);
-    let task = |xs: &[f32], os: &mut [f32]| simd::dispatch(|| xs.chunks(n).zip(os.chunks_mut(ow)).for_each(|(xr, o)| row(xr, o)));
+    // a plain `for` (not `for_each`, whose `fold` is a separate function that may not be inlined
+    // into the dispatched frame, so the row body would run without the wide SIMD)
+    let task = |xs: &[f32], os: &mut [f32]| {
+        simd::dispatch(#[inline(always)] || {
+            for (xr, o) in xs.chunks(n).zip(os.chunks_mut(ow)) {
+                row(xr, o)
+            }
+        })
+    };
     maybe_par(x.len(), |par| {
         if par {
             x.par_chunks(rows_per_task * n).zip(out.par_chunks_mut(rows_per_task * ow)).for_each(|(xs, os)| task(xs, os));
@@ -177,7 +185,7 @@ pub fn softmax_rows(x: &[f32], n: usize, log: bool) -> Result<Vec<f32>> {
     if n == 0 {
         return Ok(out);
     }
-    for_each_row(x, &mut out, n, n, |xr, o| {
+    for_each_row(x, &mut out, n, n, #[inline(always)] |xr, o| {
         let m = max_contig(xr);
         let m = if m.is_finite() { m } else if m.is_nan() { m } else { 0.0 };
         if log {
@@ -200,7 +208,7 @@ pub fn logsumexp_rows(x: &[f32], n: usize) -> Result<Vec<f32>> {
     if rows == 0 {
         return Ok(out);
     }
-    for_each_row(x, &mut out, n, 1, |xr, o| {
+    for_each_row(x, &mut out, n, 1, #[inline(always)] |xr, o| {
         let m = max_contig(xr);
         // NaN stays NaN; all -inf gives -inf; any +inf gives +inf
         o[0] = if m.is_nan() || m.is_infinite() { m } else { sum_exp(xr, m).ln() + m };

@@ -39,7 +39,7 @@ macro_rules! binary_ops {
         pub fn forward(op: &Op, a: &Tensor, c: &Tensor) -> Result<Tensor> {
             let shape = broadcast_shapes(&a.shape, &c.shape, op.name())?;
             let data = match *op {
-                $( $pat => map::binary(&shape, view(a, &shape), view(c, &shape), |$x: f32, $y: f32| $f)?, )*
+                $( $pat => map::binary(&shape, view(a, &shape), view(c, &shape), #[inline(always)] |$x: f32, $y: f32| $f)?, )*
                 _ => unreachable!("not a binary op"),
             };
             Tensor::new(data, shape)

@@ -17,7 +17,7 @@ macro_rules! unary_ops {
         /// Forward kernel of a unary op.
         pub fn forward(op: &Op, t: &Tensor) -> Result<Tensor> {
             let data = match *op {
-                $( $pat => map::unary(t.data(), |$x: f32| $f)?, )*
+                $( $pat => map::unary(t.data(), #[inline(always)] |$x: f32| $f)?, )*
                 _ => unreachable!("not a unary op"),
             };
             Tensor::new(data, t.shape.clone())
