@@ -79,28 +79,23 @@ class CompiledStep:
     def program_for(self, X: Tensor, y: Tensor) -> Any:
         return self.step_for(X, y).program
 
-    def _calls(self) -> list[tuple]:
-        """This step's optimizer calls (advancing the optimizer's state as `step()` would)."""
-        idx = self._index
-        out = []
-        for g in self.optimizer.param_groups:
-            for kind, ps, states, scalars in self.optimizer._calls(g, g["params"]):
-                out.append((kind, [idx[id(p)] for p in ps], [None if s is None else [t._v for t in s] for s in states], scalars))
-        return out
+    def _calls(self, optimizer: Any = None) -> list[tuple]:
+        """This step's optimizer calls with parameter indices (advancing `optimizer`'s state as
+        `step()` would; by default the step's own optimizer)."""
+        opt, idx = optimizer or self.optimizer, self._index
+        return [(kind, [idx[id(p)] for p in ps], [None if s is None else [t._v for t in s] for s in states], scalars)
+                for g in opt.param_groups for kind, ps, states, scalars in opt._calls(g, g["params"])]
 
     def fused(self, X: Any, y: Any) -> list[bool]:
         """For each parameter, whether its update is fused into its gradient's matmul (no
-        gradient buffer) with the optimizer's current settings. Does not advance any state."""
+        gradient buffer) with the optimizer's current settings. Advances no state (it plans the
+        calls on a shallow copy of the optimizer with copied per-parameter state dicts)."""
         import copy
 
         X, y = as_tensor(X), _labels(y)
         opt = copy.copy(self.optimizer)
         opt.state = {p: dict(st) for p, st in self.optimizer.state.items()}
-        calls = []
-        for g in opt.param_groups:
-            for kind, ps, states, scalars in opt._calls(g, g["params"]):
-                calls.append((kind, [self._index[id(p)] for p in ps], [None if s is None else [t._v for t in s] for s in states], scalars))
-        return self.step_for(X, y).fused(calls)
+        return self.step_for(X, y).fused(self._calls(opt))
 
     def __call__(self, X: Any, y: Any) -> float:
         """One optimisation step on the batch (X, y); returns the loss as a float."""

@@ -11,7 +11,7 @@
 //! Buffers: the step owns an arena (see `tensor::with_arena`). The first call fills it; later
 //! calls take every intermediate buffer from it, so a step allocates no tensor storage.
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use crate::bail;
 use crate::error::Result;
@@ -81,7 +81,7 @@ pub struct TrainStep {
     /// but the output list reads (a candidate for the fused SGD epilogue)
     fusable: Vec<Option<usize>>,
     /// last-use tables per set of deferred (fused) nodes
-    plans: Mutex<HashMap<Vec<bool>, Vec<usize>>>,
+    plans: Mutex<HashMap<Vec<bool>, Arc<Vec<usize>>>>,
     arena: Mutex<Vec<Vec<f32>>>,
 }
 
@@ -166,7 +166,7 @@ impl TrainStep {
         }
         let last_use = {
             let mut plans = self.plans.lock().unwrap();
-            plans.entry(skip.clone()).or_insert_with(|| self.prog.last_use_skipping(&skip)).clone()
+            plans.entry(skip.clone()).or_insert_with(|| Arc::new(self.prog.last_use_skipping(&skip))).clone()
         };
         let mut arena = self.arena.lock().unwrap();
         with_arena(&mut arena, || -> Result<f32> {
