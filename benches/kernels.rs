@@ -13,8 +13,9 @@
 //!   BENCH_SECS=3 cargo bench --bench kernels          # longer measurement per benchmark
 //!
 //! Speed is compared as ratios between benchmarks of one run, never asserted.
+mod common;
+
 use std::hint::black_box;
-use std::time::Duration;
 
 use batchgrad::kernels::gemm::{matmul, Operand};
 use batchgrad::kernels::map::{binary, unary, View};
@@ -22,6 +23,7 @@ use batchgrad::kernels::reduce::{reduce3, softmax_rows, Reduce};
 use batchgrad::kernels::{set_num_threads, simd};
 use batchgrad::shape::{broadcast_strides, strides};
 use batchgrad::Tensor;
+use common::config;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 
 const THREADS: [usize; 2] = [1, 2];
@@ -33,13 +35,7 @@ fn keep(v: Vec<f32>) -> Tensor {
 }
 
 fn lcg(seed: u64, n: usize) -> Vec<f32> {
-    let mut s = seed;
-    (0..n)
-        .map(|_| {
-            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            ((s >> 40) as f32 / (1u64 << 24) as f32) - 0.5
-        })
-        .collect()
+    common::lcg(seed, n, 1.0)
 }
 
 /// GEMM variant: which operand is read transposed.
@@ -333,15 +329,6 @@ fn reductions(c: &mut Criterion) {
         }
     }
     g.finish();
-}
-
-fn config() -> Criterion {
-    let secs: f64 = std::env::var("BENCH_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(1.0);
-    Criterion::default()
-        .warm_up_time(Duration::from_secs_f64((secs / 3.0).max(0.1)))
-        .measurement_time(Duration::from_secs_f64(secs))
-        .without_plots()
-        .configure_from_args()
 }
 
 criterion_group! {

@@ -3,23 +3,15 @@
 //! Throughput is `Elements(batch)`, so criterion prints examples/s.
 //!
 //!   cargo bench --bench train_step -- --quick
+mod common;
+
 use std::hint::black_box;
-use std::time::Duration;
 
 use batchgrad::ops::Op;
 use batchgrad::tape::{self, build};
 use batchgrad::{Tensor, Var};
+use common::{config, lcg};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-
-fn lcg(seed: u64, n: usize, scale: f32) -> Vec<f32> {
-    let mut s = seed;
-    (0..n)
-        .map(|_| {
-            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            (((s >> 40) as f32 / (1u64 << 24) as f32) - 0.5) * scale
-        })
-        .collect()
-}
 
 struct Mlp {
     params: Vec<Var>, // w1, b1, w2, b2, w3, b3
@@ -79,15 +71,6 @@ fn train_step(c: &mut Criterion) {
         }
     }
     g.finish();
-}
-
-fn config() -> Criterion {
-    let secs: f64 = std::env::var("BENCH_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(1.0);
-    Criterion::default()
-        .warm_up_time(Duration::from_secs_f64((secs / 3.0).max(0.1)))
-        .measurement_time(Duration::from_secs_f64(secs))
-        .without_plots()
-        .configure_from_args()
 }
 
 criterion_group! {
