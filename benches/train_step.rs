@@ -8,6 +8,8 @@ mod common;
 use std::hint::black_box;
 
 use batchgrad::ops::Op;
+use batchgrad::optim::Rule;
+use batchgrad::tape::step::update_vars;
 use batchgrad::tape::{self, build};
 use batchgrad::{Tensor, Var};
 use common::{config, lcg};
@@ -41,16 +43,11 @@ impl Mlp {
         let per_ex = Var::apply(Op::SoftmaxXent, &[h, labels.clone()]).unwrap();
         let loss = Var::apply(Op::Mean { axes: vec![], keepdims: false }, &[per_ex]).unwrap();
         tape::backward(&loss, None, false).unwrap();
-        // the update runs on the crate pool, as the Python binding does
-        batchgrad::kernels::pool().install(|| {
-            for v in p {
-                let g = v.grad().unwrap();
-                let mut t = v.value_mut();
-                batchgrad::optim::sgd(t.make_mut(), g.data(), None, lr, 0.0, 0.0, false, 0.0, false, false);
-                drop(t);
-                v.set_grad(None);
-            }
-        });
+        // the update as `optimizer.step()` runs it (the shared Rule; inline when small or 1 thread)
+        let grads: Vec<Tensor> = p.iter().map(|v| v.grad().unwrap()).collect();
+        let rule = Rule::Sgd { lr, momentum: 0.0, dampening: 0.0, nesterov: false, wd: 0.0, first: false, maximize: false };
+        update_vars(&rule, p, &[None], &grads.iter().collect::<Vec<_>>()).unwrap();
+        p.iter().for_each(|v| v.set_grad(None));
         loss.value().data()[0]
     }
 }
