@@ -29,7 +29,8 @@ from .transforms import Graph, TracingError, grad, render_minibatch_graphs, repl
 __all__ += ["Graph", "TracingError", "grad", "render_minibatch_graphs", "replicate", "trace", "value_and_grad", "vmap"]
 
 from .compile import compile_step  # noqa: E402
+from .profiler import profile  # noqa: E402
 
-__all__ += ["compile_step"]
+__all__ += ["compile_step", "profile"]
 
 from . import lab  # noqa: E402  (bg.lab.<experiment>(...): the minibatch lab; matplotlib only when one runs)

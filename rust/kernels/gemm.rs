@@ -101,6 +101,20 @@ pub fn matmul_into(out: &mut [f32], e: Epilogue, a: &Operand, b: &Operand, a_off
         });
         return;
     }
+    if thin::vm_applies(m, k, n, &view(b, 0, b_rs, b_cs)) {
+        // one row times a row-major matrix (forward at batch 1): streamed, no packing
+        let vm = |dst: &mut [f32], ao: usize, bo: usize| thin::vm_product(dst, &view(a, ao, a_rs, a_cs), &view(b, bo, b_rs, b_cs), k, n, e);
+        super::maybe_par(batch * m * n * k, |par| {
+            if par && batch > 1 {
+                out.par_chunks_mut(m * n).enumerate().for_each(|(i, dst)| vm(dst, a_off[i], b_off[i]));
+            } else {
+                for (i, dst) in out.chunks_mut(m * n).enumerate() {
+                    vm(dst, a_off[i], b_off[i]);
+                }
+            }
+        });
+        return;
+    }
     // split a product across threads only when each thread gets several MFLOP and a real panel
     let small = flops < (1 << 23) || m.min(n) < 16;
     if threads <= 1 || (small && batch == 1) {

@@ -13,6 +13,7 @@ pub mod binary;
 pub mod matmul;
 pub mod movement;
 pub mod nn;
+pub mod profile;
 pub mod reduce;
 pub mod unary;
 
@@ -248,7 +249,8 @@ pub fn forward(op: &Op, ins: &[&Tensor]) -> Result<Tensor> {
         bail!(Value, "{}: needs at least one input", spec.name);
     }
     // an allocation failure deep in a kernel only knows its element count: name the op and its inputs
-    run_forward(op, ins).map_err(|e| match e {
+    let res = if profile::enabled() { profile::timed(spec.name, ins, || run_forward(op, ins)) } else { run_forward(op, ins) };
+    res.map_err(|e| match e {
         Error::Memory(m) => {
             let shapes: Vec<String> = ins.iter().map(|t| format!("{:?}", t.shape)).collect();
             Error::Memory(format!("{}: {m} (inputs of shapes {})", spec.name, shapes.join(", ")))

@@ -378,12 +378,26 @@ fn fresh_allocations() -> usize {
     crate::tensor::fresh_allocations()
 }
 
+/// Start (clearing the table) or stop per-op timing; see `bg.profile`.
+#[pyfunction]
+fn profile_enable(on: bool) {
+    crate::ops::profile::set_enabled(on)
+}
+
+/// Per-op timings so far: (op, input shapes, calls, total seconds), most expensive first.
+#[pyfunction]
+fn profile_report() -> Vec<crate::ops::profile::Entry> {
+    crate::ops::profile::report()
+}
+
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyVar>()?;
     m.add_class::<PyProgram>()?;
     m.add_class::<PyTrainStep>()?;
     m.add_function(wrap_pyfunction!(fresh_allocations, m)?)?;
+    m.add_function(wrap_pyfunction!(profile_enable, m)?)?;
+    m.add_function(wrap_pyfunction!(profile_report, m)?)?;
     m.add_function(wrap_pyfunction!(from_numpy, m)?)?;
     m.add_function(wrap_pyfunction!(scalar, m)?)?;
     m.add_function(wrap_pyfunction!(apply, m)?)?;

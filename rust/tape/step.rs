@@ -187,9 +187,15 @@ impl TrainStep {
                     let pos: Vec<usize> = plain.iter().map(|&i| c.params.iter().position(|&j| j == i).unwrap()).collect();
                     let states: Vec<Option<Vec<Var>>> = c.states.iter().map(|s| s.as_ref().map(|s| pos.iter().map(|&k| s[k].clone()).collect())).collect();
                     let grads: Vec<&Tensor> = plain.iter().map(|&i| out(self.grad_out[i])).collect();
-                    update_vars(&c.rule, &ps, &states, &grads)?;
+                    if ops::profile::enabled() {
+                        ops::profile::timed("optimizer_update", &grads, || update_vars(&c.rule, &ps, &states, &grads))
+                    } else {
+                        update_vars(&c.rule, &ps, &states, &grads)
+                    }?;
                 }
                 let beta = c.rule.plain_sgd_factor().unwrap_or(0.0);
+                // last parameter first: the first layer's weight (read first by the next step's forward)
+                // is then the most recently written, still in cache
                 for i in fuse {
                     let slot = self.fusable[i].unwrap();
                     let SlotKind::Node { op: Op::MatMul { ta, tb }, args } = &self.prog.slots[slot].kind else { unreachable!() };
@@ -197,7 +203,8 @@ impl TrainStep {
                     let p = &self.params[i];
                     let mut w = p.value_mut();
                     let shape = w.shape.clone();
-                    ops::matmul::accumulate_into(a, b, *ta, *tb, w.make_mut(), &shape, beta)?;
+                    let mut acc = || ops::matmul::accumulate_into(a, b, *ta, *tb, w.make_mut(), &shape, beta);
+                    if ops::profile::enabled() { ops::profile::timed("matmul+sgd_update", &[a, b], acc) } else { acc() }?;
                 }
             }
             drop(vals);
