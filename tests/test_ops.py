@@ -454,7 +454,7 @@ def test_matmul_large_is_accurate(rng):
 @pytest.mark.parametrize("ta, tb", [(False, False), (True, False), (False, True), (True, True)])
 @pytest.mark.parametrize("m, k, n", [(1, 1, 300), (300, 1, 20), (3, 1, 1), (1, 100, 70), (2, 100, 70), (7, 64, 9),
                                      (12, 130, 33), (13, 130, 33), (8, 10, 256), (5, 3, 2), (2, 2, 2), (17, 65, 3),
-                                     (1, 300, 513), (1, 3, 32)])
+                                     (1, 300, 513), (1, 3, 32), (40, 300, 10)])
 def test_matmul_kernel_paths_match_numpy(m, k, n, ta, tb, rng):
     """Every kernel path (outer products, row-wise A·Bᵀ for a few rows, the packed GEMM), through
     the matmul op's transpose flags as the backward pass uses them, and batched."""

@@ -101,6 +101,13 @@ pub fn matmul_into(out: &mut [f32], e: Epilogue, a: &Operand, b: &Operand, a_off
         });
         return;
     }
+    if thin::tn_applies(m, k, n, &view(a, 0, a_rs, a_cs), &view(b, 0, b_rs, b_cs)) {
+        // Aᵀ B with a narrow output (the classifier head's weight gradient): unpacked, streamed
+        for (i, dst) in out.chunks_mut(m * n).enumerate() {
+            thin::tn_product(dst, &view(a, a_off[i], a_rs, a_cs), &view(b, b_off[i], b_rs, b_cs), m, k, n, e);
+        }
+        return;
+    }
     if thin::vm_applies(m, k, n, &view(b, 0, b_rs, b_cs)) {
         // one row times a row-major matrix (forward at batch 1): streamed, no packing
         let vm = |dst: &mut [f32], ao: usize, bo: usize| thin::vm_product(dst, &view(a, ao, a_rs, a_cs), &view(b, bo, b_rs, b_cs), k, n, e);

@@ -141,14 +141,22 @@ impl Program {
     /// Replay on the CPU executor: each node calls its op's forward kernel; buffers are freed
     /// after their last reader.
     pub fn run(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>> {
-        let vals = self.run_slots(inputs, &self.last_use, &[])?;
+        let vals = self.run_slots(inputs, &self.last_use, &[], &mut |_, _| Ok(()))?;
         Ok(self.outputs.iter().map(|&o| vals[o].clone().unwrap()).collect())
     }
 
     /// Replay without executing the `skip` nodes, freeing each slot after `last_use` (from
-    /// `last_use_skipping(skip)`); returns every slot value still held at the end (the outputs
-    /// and the skipped nodes' arguments).
-    pub fn run_slots(&self, inputs: &[Tensor], last_use: &[usize], skip: &[bool]) -> Result<Vec<Option<Tensor>>> {
+    /// `last_use_skipping`); returns every slot value still held at the end (the outputs and the
+    /// arguments of skipped nodes whose last use is the end). At a skipped node's position
+    /// `at_skip(i, vals)` runs instead (the compiled step applies fused updates there).
+    #[allow(clippy::type_complexity)]
+    pub fn run_slots(
+        &self,
+        inputs: &[Tensor],
+        last_use: &[usize],
+        skip: &[bool],
+        at_skip: &mut dyn FnMut(usize, &mut [Option<Tensor>]) -> Result<()>,
+    ) -> Result<Vec<Option<Tensor>>> {
         if inputs.len() != self.num_inputs() {
             bail!(Value, "program expects {} inputs, got {}", self.num_inputs(), inputs.len());
         }
@@ -163,7 +171,15 @@ impl Program {
                     t.clone()
                 }
                 SlotKind::Captured(v) => v.value(),
-                SlotKind::Node { .. } if skip.get(i).copied().unwrap_or(false) => continue,
+                SlotKind::Node { args, .. } if skip.get(i).copied().unwrap_or(false) => {
+                    at_skip(i, &mut vals)?;
+                    for &a in args {
+                        if last_use[a] == i {
+                            vals[a] = None;
+                        }
+                    }
+                    continue;
+                }
                 SlotKind::Node { op, args } => {
                     let ins: Vec<&Tensor> = args.iter().map(|&a| vals[a].as_ref().expect("slot freed too early")).collect();
                     let out = ops::forward(op, &ins)?;

@@ -80,6 +80,10 @@ pub struct TrainStep {
     /// for each parameter, the matmul node slot that produces its gradient and that nothing
     /// but the output list reads (a candidate for the fused SGD epilogue)
     fusable: Vec<Option<usize>>,
+    /// for each parameter, whether its fused update may run at its gradient node's position
+    /// (every node reading the parameter comes earlier), while that product's inputs are still in
+    /// cache, instead of after the whole replay
+    inline: Vec<bool>,
     /// last-use tables per set of deferred (fused) nodes
     plans: Mutex<HashMap<Vec<bool>, Arc<Vec<usize>>>>,
     arena: Mutex<Vec<Vec<f32>>>,
@@ -115,7 +119,20 @@ impl TrainStep {
                 }
             })
             .collect();
-        Ok(TrainStep { prog, params, grad_out, fusable, plans: Mutex::new(HashMap::new()), arena: Mutex::new(Vec::new()) })
+        let inline = params
+            .iter()
+            .zip(&fusable)
+            .map(|(p, f): (&Var, &Option<usize>)| {
+                let Some(at) = *f else { return false };
+                // the last node reading the parameter's captured slot must come before `at`
+                let cap: Vec<usize> = (0..prog.slots.len()).filter(|&c| matches!(&prog.slots[c].kind, SlotKind::Captured(v) if v.id() == p.id())).collect();
+                prog.slots.iter().enumerate().all(|(i, s)| match &s.kind {
+                    SlotKind::Node { args, .. } => i < at || !args.iter().any(|a| cap.contains(a)),
+                    _ => true,
+                })
+            })
+            .collect();
+        Ok(TrainStep { prog, params, grad_out, fusable, inline, plans: Mutex::new(HashMap::new()), arena: Mutex::new(Vec::new()) })
     }
 
     pub fn program(&self) -> &Program {
@@ -158,19 +175,42 @@ impl TrainStep {
             }
         }
         let fused = self.fused(calls);
+        // every fused node is skipped by the replay; those that cannot run inline are deferred
+        // to the end (their inputs are kept alive until then)
         let mut skip = vec![false; self.prog.slots.len()];
-        for (i, f) in fused.iter().enumerate() {
-            if *f {
-                skip[self.fusable[i].unwrap()] = true;
+        let mut deferred = vec![false; self.prog.slots.len()];
+        // a fused node's slot -> (parameter, SGD factor) for the updates made inline
+        let mut at_node: Vec<(usize, usize, f32)> = Vec::new();
+        for c in calls {
+            let beta = c.rule.plain_sgd_factor().unwrap_or(0.0);
+            for &i in &c.params {
+                if fused[i] {
+                    let slot = self.fusable[i].unwrap();
+                    skip[slot] = true;
+                    if self.inline[i] {
+                        at_node.push((slot, i, beta));
+                    } else {
+                        deferred[slot] = true;
+                    }
+                }
             }
         }
         let last_use = {
             let mut plans = self.plans.lock().unwrap();
-            plans.entry(skip.clone()).or_insert_with(|| Arc::new(self.prog.last_use_skipping(&skip))).clone()
+            match plans.get(&deferred) {
+                Some(p) => p.clone(),
+                None => plans.entry(deferred.clone()).or_insert_with(|| Arc::new(self.prog.last_use_skipping(&deferred))).clone(),
+            }
         };
         let mut arena = self.arena.lock().unwrap();
         with_arena(&mut arena, || -> Result<f32> {
-            let vals = self.prog.run_slots(inputs, &last_use, &skip)?;
+            let mut inline_update = |slot: usize, vals: &mut [Option<Tensor>]| -> Result<()> {
+                match at_node.iter().find(|u| u.0 == slot) {
+                    Some(&(_, i, beta)) => self.fused_update(i, beta, vals),
+                    None => Ok(()),
+                }
+            };
+            let vals = self.prog.run_slots(inputs, &last_use, &skip, &mut inline_update)?;
             let out = |k: usize| vals[self.prog.outputs[k]].as_ref().expect("program output missing");
             let loss = out(0);
             if loss.data().len() != 1 {
@@ -194,21 +234,25 @@ impl TrainStep {
                     }?;
                 }
                 let beta = c.rule.plain_sgd_factor().unwrap_or(0.0);
-                // last parameter first: the first layer's weight (read first by the next step's forward)
-                // is then the most recently written, still in cache
                 for i in fuse {
-                    let slot = self.fusable[i].unwrap();
-                    let SlotKind::Node { op: Op::MatMul { ta, tb }, args } = &self.prog.slots[slot].kind else { unreachable!() };
-                    let (a, b) = (vals[args[0]].as_ref().unwrap(), vals[args[1]].as_ref().unwrap());
-                    let p = &self.params[i];
-                    let mut w = p.value_mut();
-                    let shape = w.shape.clone();
-                    let mut acc = || ops::matmul::accumulate_into(a, b, *ta, *tb, w.make_mut(), &shape, beta);
-                    if ops::profile::enabled() { ops::profile::timed("matmul+sgd_update", &[a, b], acc) } else { acc() }?;
+                    if !self.inline[i] {
+                        self.fused_update(i, beta, &vals)?;
+                    }
                 }
             }
             drop(vals);
             Ok(loss)
         })
+    }
+
+    /// Parameter `i` += beta * (its gradient's matmul), the product's inputs taken from `vals`.
+    fn fused_update(&self, i: usize, beta: f32, vals: &[Option<Tensor>]) -> Result<()> {
+        let slot = self.fusable[i].unwrap();
+        let SlotKind::Node { op: Op::MatMul { ta, tb }, args } = &self.prog.slots[slot].kind else { unreachable!() };
+        let (a, b) = (vals[args[0]].as_ref().expect("fused product input freed"), vals[args[1]].as_ref().expect("fused product input freed"));
+        let mut w = self.params[i].value_mut();
+        let shape = w.shape.clone();
+        let mut acc = || ops::matmul::accumulate_into(a, b, *ta, *tb, w.make_mut(), &shape, beta);
+        if ops::profile::enabled() { ops::profile::timed("matmul+sgd_update", &[a, b], acc) } else { acc() }
     }
 }
