@@ -109,7 +109,8 @@ def test_steady_state_steps_allocate_no_tensor_storage(kw):
     assert bg._core.fresh_allocations() == before
 
 
-def test_compiled_steps_are_deterministic_and_thread_count_independent():
+@pytest.mark.parametrize("batch", [32, 512, 2048])  # the kernels split C by rows / columns / the crate's threads
+def test_compiled_steps_are_deterministic_and_thread_count_independent(batch):
     def run(threads):
         prev = bg.get_num_threads()
         bg.set_num_threads(threads)
@@ -117,7 +118,7 @@ def test_compiled_steps_are_deterministic_and_thread_count_independent():
             m = nn.MLP([784, 256, 256, 10], seed=3)
             o = optim.SGD(m.parameters(), lr=0.05)
             r = np.random.default_rng(0)
-            X, y = bg.tensor(r.normal(size=(512, 784))), r.integers(0, 10, 512)
+            X, y = bg.tensor(r.normal(size=(batch, 784))), r.integers(0, 10, batch)
             step = bg.compile_step(m, F.cross_entropy, o)
             losses = [step(X, y) for _ in range(3)]
             return losses, m.state_dict()

@@ -804,6 +804,23 @@ def threads():
     bg.set_num_threads(before)
 
 
+@pytest.mark.parametrize("m, k, n, ta, tb", [(32, 256, 256, False, False), (32, 784, 256, False, False), (784, 32, 256, True, False),
+                                            (256, 2048, 10, True, False), (2048, 256, 10, False, False), (300, 40, 70, False, True),
+                                            (1, 784, 256, False, False), (64, 512, 2048, False, False)])
+def test_matmul_is_thread_count_independent(m, k, n, ta, tb, rng, threads):
+    """Every way a product is split across threads (rows, columns, the crate's own, tiles of the
+    narrow AᵀB kernel) gives bit-identical results."""
+    a = rng.standard_normal((k, m) if ta else (m, k)).astype(F32)
+    b = rng.standard_normal((n, k) if tb else (k, n)).astype(F32)
+    outs = []
+    for t in (1, 2):
+        bg.set_num_threads(t)
+        outs.append(bg.Tensor(_core.apply("matmul", [bg.tensor(a)._v, bg.tensor(b)._v], {"ta": ta, "tb": tb})).numpy())
+    assert np.array_equal(outs[0], outs[1])
+    want = (a.T if ta else a).astype(np.float64) @ (b.T if tb else b).astype(np.float64)
+    close(outs[0], want, 1e-3, 1e-3)
+
+
 @pytest.mark.parametrize("n_threads", [1, 2])
 def test_large_inputs_match_numpy(n_threads, rng, threads):
     bg.set_num_threads(n_threads)
