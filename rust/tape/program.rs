@@ -181,8 +181,14 @@ impl Program {
                     continue;
                 }
                 SlotKind::Node { op, args } => {
-                    let ins: Vec<&Tensor> = args.iter().map(|&a| vals[a].as_ref().expect("slot freed too early")).collect();
-                    let out = ops::forward(op, &ins)?;
+                    let arg = |a: usize| vals[a].as_ref().expect("slot freed too early");
+                    // up to 3 inputs on the stack (every op but concatenate / stack): no allocation per node
+                    let out = match args.len() {
+                        1 => ops::forward(op, &[arg(args[0])])?,
+                        2 => ops::forward(op, &[arg(args[0]), arg(args[1])])?,
+                        3 => ops::forward(op, &[arg(args[0]), arg(args[1]), arg(args[2])])?,
+                        _ => ops::forward(op, &args.iter().map(|&a| arg(a)).collect::<Vec<_>>())?,
+                    };
                     for &a in args {
                         if last_use[a] == i {
                             vals[a] = None;

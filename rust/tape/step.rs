@@ -10,7 +10,6 @@
 //!
 //! Buffers: the step owns an arena (see `tensor::with_arena`). The first call fills it; later
 //! calls take every intermediate buffer from it, so a step allocates no tensor storage.
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use crate::bail;
@@ -86,8 +85,8 @@ pub struct TrainStep {
     inline: Vec<bool>,
     /// whether any kernel of the step is large enough to run on several threads
     parallel: bool,
-    /// last-use tables per set of deferred (fused) nodes
-    plans: Mutex<HashMap<Vec<bool>, Arc<Vec<usize>>>>,
+    /// last-use tables per set of deferred (fused) nodes (a handful at most: a linear scan)
+    plans: Mutex<Vec<(Vec<bool>, Arc<Vec<usize>>)>>,
     arena: Mutex<Vec<Vec<f32>>>,
 }
 
@@ -145,7 +144,7 @@ impl TrainStep {
             };
             numel >= PAR_MIN_LEN || 2 * numel * k >= crate::kernels::gemm::PAR_MIN_FLOPS
         });
-        Ok(TrainStep { prog, params, grad_out, fusable, inline, parallel, plans: Mutex::new(HashMap::new()), arena: Mutex::new(Vec::new()) })
+        Ok(TrainStep { prog, params, grad_out, fusable, inline, parallel, plans: Mutex::new(Vec::new()), arena: Mutex::new(Vec::new()) })
     }
 
     pub fn program(&self) -> &Program {
@@ -220,9 +219,13 @@ impl TrainStep {
         }
         let last_use = {
             let mut plans = self.plans.lock().unwrap();
-            match plans.get(&deferred) {
-                Some(p) => p.clone(),
-                None => plans.entry(deferred.clone()).or_insert_with(|| Arc::new(self.prog.last_use_skipping(&deferred))).clone(),
+            match plans.iter().find(|(k, _)| *k == deferred) {
+                Some((_, p)) => p.clone(),
+                None => {
+                    let p = Arc::new(self.prog.last_use_skipping(&deferred));
+                    plans.push((deferred.clone(), p.clone()));
+                    p
+                }
             }
         };
         let mut arena = self.arena.lock().unwrap();
