@@ -16,34 +16,48 @@ pub enum Reduce {
     Max,
 }
 
-/// Sum of at most `RUN` floats in 8 f32 lanes.
+/// f32 lanes of a run: 4 AVX-512 accumulators (independent add chains, so the loop runs at
+/// memory speed instead of one add's latency per vector).
+const LANES: usize = 64;
+
+/// Sum of at most `RUN` floats in `LANES` f32 lanes, the lanes then added pairwise.
+#[inline(always)]
 fn lanes_sum(x: &[f32]) -> f32 {
-    let mut lanes = [0f32; 8];
-    let mut it = x.chunks_exact(8);
+    let mut lanes = [0f32; LANES];
+    let mut it = x.chunks_exact(LANES);
     for c in &mut it {
-        for k in 0..8 {
+        for k in 0..LANES {
             lanes[k] += c[k];
         }
     }
-    let mut s = ((lanes[0] + lanes[4]) + (lanes[1] + lanes[5])) + ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7]));
+    let mut w = LANES / 2;
+    while w > 0 {
+        for k in 0..w {
+            lanes[k] += lanes[k + w];
+        }
+        w /= 2;
+    }
+    let mut s = lanes[0];
     for &v in it.remainder() {
         s += v;
     }
     s
 }
 
-/// Elements per f32 run; runs are added in f64, so the f32 rounding error grows with `RUN`, not
-/// with the slice length (about numpy's pairwise accuracy: 1e6 x 0.1 sums to 1e-7, not 4e-6).
-const RUN: usize = 128;
+/// Elements per f32 run (16 per lane); runs are added in f64, so the f32 rounding error grows
+/// with `RUN`, not with the slice length (better than numpy's pairwise: 1e6 x 0.1 sums to 1e-7).
+const RUN: usize = 1024;
 
 /// Sum of a contiguous slice (at most `BLOCK` long in the parallel path), in f64.
 fn block_sum(x: &[f32]) -> f64 {
-    let mut runs = x.chunks_exact(RUN);
-    let mut total = 0f64;
-    for r in &mut runs {
-        total += lanes_sum(r) as f64;
-    }
-    total + lanes_sum(runs.remainder()) as f64
+    simd::dispatch(#[inline(always)] || {
+        let mut runs = x.chunks_exact(RUN);
+        let mut total = 0f64;
+        for r in &mut runs {
+            total += lanes_sum(r) as f64;
+        }
+        total + lanes_sum(runs.remainder()) as f64
+    })
 }
 
 fn sum_contig(x: &[f32], par: bool) -> f32 {
@@ -63,13 +77,23 @@ fn nan_max(m: f32, v: f32) -> f32 {
     if v > m || v.is_nan() { v } else { m }
 }
 
+/// Max of a contiguous slice; in the pool by blocks when `par` (max is exact in any order).
+fn max_par(x: &[f32], par: bool) -> f32 {
+    if !par || x.len() <= 16 * BLOCK {
+        return simd::dispatch(#[inline(always)] || max_contig(x));
+    }
+    let partial: Vec<f32> = x.par_chunks(16 * BLOCK).map(|c| simd::dispatch(#[inline(always)] || max_contig(c))).collect();
+    max_contig(&partial)
+}
+
+#[inline(always)]
 fn max_contig(x: &[f32]) -> f32 {
-    // 16 independent lanes and a NaN flag: no early exit, so the loop vectorises
-    let mut lanes = [f32::NEG_INFINITY; 16];
+    // LANES independent lanes and a NaN flag: no early exit, so the loop vectorises
+    let mut lanes = [f32::NEG_INFINITY; LANES];
     let mut nan = false;
-    let mut it = x.chunks_exact(16);
+    let mut it = x.chunks_exact(LANES);
     for c in &mut it {
-        for k in 0..16 {
+        for k in 0..LANES {
             lanes[k] = if c[k] > lanes[k] { c[k] } else { lanes[k] };
             nan |= c[k].is_nan();
         }
@@ -98,7 +122,7 @@ pub fn reduce3(x: &[f32], outer: usize, red: usize, inner: usize, kind: Reduce) 
                 let row = &x[o * red..(o + 1) * red];
                 match kind {
                     Reduce::Sum => sum_contig(row, par && outer < 4),
-                    Reduce::Max => max_contig(row),
+                    Reduce::Max => max_par(row, par && outer < 4),
                 }
             };
             if par && outer >= 4 {
