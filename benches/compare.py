@@ -802,8 +802,12 @@ def bandwidth_section(thread_counts: list[int], n: int) -> str:
         e /= e.sum(axis=1, keepdims=True)
         return e
 
+    dst = np.empty_like(x)
+    tdst = torch.empty_like(tx) if torch is not None else None
     # (name, bytes moved (read + write, minimum), bg fn, numpy fn, torch fn)
     ops = [
+        # the machine's bandwidth, measured: a plain copy (read + write) by numpy and torch
+        ("copy (bandwidth reference)", 8 * n, None, lambda: np.copyto(dst, x), lambda: tdst.copy_(tx)),
         ("relu (max(x, 0))", 8 * n, lambda: bg.relu(gx), lambda: np.maximum(x, 0), lambda: torch.relu(tx)),
         ("exp", 8 * n, lambda: bg.exp(gx), lambda: np.exp(x), lambda: torch.exp(tx)),
         ("tanh", 8 * n, lambda: bg.tanh(gx), lambda: np.tanh(x), lambda: torch.tanh(tx)),
@@ -817,23 +821,35 @@ def bandwidth_section(thread_counts: list[int], n: int) -> str:
     ]
     rows = []
     ld = Load().__enter__()
+    reductions = ("sum(x)", "max(x)")
     for t in thread_counts:
         with threads(t), bg.no_grad():
+            measured = []
             for name, nbytes, fb, fn, ft in ops:
-                fns = {"bg": fb, "np": fn}
+                fns = {"np": fn} if fb is None else {"bg": fb, "np": fn}
                 if torch is not None:
                     fns["torch"] = ft
                 med = measure(fns, max(5, Cfg.repeats // 2))
                 gbs = {k: nbytes / v / 1e9 for k, v in med.items()}
-                rows.append([name, str(t), fmt(gbs["bg"]), fmt(gbs["np"]), fmt(gbs.get("torch")),
-                             ratio(gbs["bg"], gbs["np"]), ratio(gbs["bg"], gbs.get("torch"))])
+                measured.append((name, gbs))
                 print(f"  bandwidth {name} t{t}: " + ", ".join(f"{k} {v:.1f} GB/s" for k, v in gbs.items()), file=sys.stderr)
+            # the machine's measured bandwidth at t threads: the best copy (read + write) for
+            # elementwise ops, the best full reduction by any library (read only) for reductions
+            copy_bw = max(measured[0][1].values())
+            read_bw = max(v for nm, g in measured if nm in reductions for v in g.values())
+            for name, gbs in measured:
+                ref = read_bw if name in reductions else copy_bw
+                rows.append([name, str(t), fmt(gbs.get("bg")), fmt(gbs["np"]), fmt(gbs.get("torch")),
+                             ratio(gbs.get("bg"), gbs["np"]), ratio(gbs.get("bg"), gbs.get("torch")),
+                             "" if "bg" not in gbs or name.startswith("softmax") else f"{gbs['bg'] / ref:.0%}"])
     ld.__exit__()
     return table(f"(d) Elementwise / reduction bandwidth on {n:.0e} float32 elements, GB/s (1e9 bytes read + written / median time)",
-                 ["op", "threads", "batchgrad", "numpy", "torch", "bg / numpy", "bg / torch"], rows,
+                 ["op", "threads", "batchgrad", "numpy", "torch", "bg / numpy", "bg / torch", "bg / machine"], rows,
                  "numpy elementwise ops and reductions are single-threaded whatever the thread count (only its BLAS is "
                  "threaded); numpy softmax is the usual 4-pass `exp(x - max) / sum` and is charged the same minimum bytes. "
-                 + ld.note())
+                 "**bg / machine**: batchgrad's GB/s over the machine's measured bandwidth at that thread count, the best "
+                 "copy (`np.copyto` / `torch.Tensor.copy_`, read + write) for elementwise ops and the best full reduction "
+                 "of any library (read only) for sum / max (softmax rows are compute-bound and not rated). " + ld.note())
 
 
 # ----------------------------------------------------------------------------------------------
