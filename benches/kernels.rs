@@ -139,7 +139,7 @@ fn gemm_mlp(c: &mut Criterion) {
 /// The small-batch shapes with their own kernel paths: batch-1 GEMV, A·Bᵀ with a few rows
 /// (dX = G Wᵀ at batch 2-8: row-wise matrix-vector products), the k = 1 outer product (dW at batch 1).
 fn gemm_thin(c: &mut Criterion) {
-    let shapes: Vec<_> = [(1usize, 784usize, 256usize), (2, 256, 256), (8, 256, 256), (8, 784, 256), (784, 1, 256), (256, 1, 256)]
+    let shapes: Vec<_> = [(1usize, 784usize, 256usize), (2, 256, 256), (8, 256, 256), (8, 784, 256), (784, 1, 256), (256, 1, 256), (256, 2048, 10)]
         .iter()
         .map(|&(m, k, n)| (format!("{m}x{k}x{n}"), m, k, n))
         .collect();
