@@ -80,16 +80,16 @@ pub fn vm_product(dst: &mut [f32], a: &View, b: &View, k: usize, n: usize, e: Ep
     // SAFETY: AVX-512F is present (vm_applies); every load and store is inside `a`, `b` or `dst`
     // (masked for the last partial vector of a row)
     unsafe {
-        vm_avx512::<1, 16>(dst, a, b, k, n, e)
+        vm_avx512::<16>(dst, a, b, k, n, e)
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn vm_avx512<const M: usize, const NV: usize>(dst: &mut [f32], a: &View, b: &View, k: usize, n: usize, e: Epilogue) {
+unsafe fn vm_avx512<const NV: usize>(dst: &mut [f32], a: &View, b: &View, k: usize, n: usize, e: Epilogue) {
     use std::arch::x86_64::*;
     let (ap, bp, dp) = (a.data.as_ptr(), b.data.as_ptr(), dst.as_mut_ptr());
-    let a_at = |r: usize, p: usize| *ap.offset(a.off as isize + r as isize * a.rs + p as isize * a.cs);
+    let a_at = |p: usize| *ap.offset(a.off as isize + p as isize * a.cs);
     let mut j0 = 0;
     while j0 < n {
         let cols = (n - j0).min(16 * NV);
@@ -98,34 +98,26 @@ unsafe fn vm_avx512<const M: usize, const NV: usize>(dst: &mut [f32], a: &View, 
             let left = cols.saturating_sub(16 * v);
             *mk = if left >= 16 { 0xFFFF } else { ((1u32 << left) - 1) as u16 };
         }
-        let mut acc = [[_mm512_setzero_ps(); NV]; M];
+        let mut acc = [_mm512_setzero_ps(); NV];
         for p in 0..k {
             let row = bp.offset(b.off as isize + p as isize * b.rs).add(j0);
-            let mut bv = [_mm512_setzero_ps(); NV];
-            for v in 0..NV {
-                bv[v] = _mm512_maskz_loadu_ps(mask[v], row.add(16 * v));
-            }
-            for r in 0..M {
-                let av = _mm512_set1_ps(a_at(r, p));
-                for v in 0..NV {
-                    acc[r][v] = _mm512_fmadd_ps(av, bv[v], acc[r][v]);
-                }
+            let av = _mm512_set1_ps(a_at(p));
+            for (v, (c, &mk)) in acc.iter_mut().zip(&mask).enumerate() {
+                *c = _mm512_fmadd_ps(av, _mm512_maskz_loadu_ps(mk, row.add(16 * v)), *c);
             }
         }
         let (alpha, beta) = (_mm512_set1_ps(e.alpha), _mm512_set1_ps(e.beta));
-        for r in 0..M {
-            for v in 0..NV {
-                if mask[v] == 0 {
-                    continue;
-                }
-                let o = dp.add(r * n + j0 + 16 * v);
-                let y = if e.accumulate {
-                    _mm512_fmadd_ps(alpha, _mm512_maskz_loadu_ps(mask[v], o), _mm512_mul_ps(beta, acc[r][v]))
-                } else {
-                    _mm512_mul_ps(beta, acc[r][v])
-                };
-                _mm512_mask_storeu_ps(o, mask[v], y);
+        for (v, (&c, &mk)) in acc.iter().zip(&mask).enumerate() {
+            if mk == 0 {
+                continue;
             }
+            let o = dp.add(j0 + 16 * v);
+            let y = if e.accumulate {
+                _mm512_fmadd_ps(alpha, _mm512_maskz_loadu_ps(mk, o), _mm512_mul_ps(beta, c))
+            } else {
+                _mm512_mul_ps(beta, c)
+            };
+            _mm512_mask_storeu_ps(o, mk, y);
         }
         j0 += cols;
     }
@@ -179,6 +171,7 @@ pub fn tn_product(dst: &mut [f32], a: &View, b: &View, m: usize, k: usize, n: us
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
 unsafe fn tn_avx512<const N: usize>(out: &mut [f32], a: &View, b: &View, t0: usize, t1: usize, m: usize, k: usize, e: Epilogue) {
     use std::arch::x86_64::*;
     // rows of A and B per block. A tile reads only its 128 bytes of each row, so a block's rows
@@ -214,10 +207,8 @@ unsafe fn tn_avx512<const N: usize>(out: &mut [f32], a: &View, b: &View, t0: usi
             let s = &mut sums[t * 2 * N..(t + 1) * 2 * N];
             let mut acc0 = [_mm512_setzero_ps(); N];
             let mut acc1 = [_mm512_setzero_ps(); N];
-            for j in 0..N {
-                acc0[j] = s[j];
-                acc1[j] = s[N + j];
-            }
+            acc0.copy_from_slice(&s[..N]);
+            acc1.copy_from_slice(&s[N..]);
             for p in p0..p1 {
                 let arow = ap.offset(a.off as isize + p as isize * a.cs).add(i0);
                 let a0 = _mm512_maskz_loadu_ps(mk[0], arow);
@@ -229,10 +220,8 @@ unsafe fn tn_avx512<const N: usize>(out: &mut [f32], a: &View, b: &View, t0: usi
                     acc1[j] = _mm512_fmadd_ps(a1, bj, acc1[j]);
                 }
             }
-            for j in 0..N {
-                s[j] = acc0[j];
-                s[N + j] = acc1[j];
-            }
+            s[..N].copy_from_slice(&acc0);
+            s[N..].copy_from_slice(&acc1);
         }
         p0 = p1;
     }

@@ -9,7 +9,9 @@ use std::time::Instant;
 use crate::tensor::Tensor;
 
 static ENABLED: AtomicBool = AtomicBool::new(false);
-static TABLE: Mutex<Option<HashMap<(&'static str, String), (u64, f64)>>> = Mutex::new(None);
+/// (op, input shapes) -> (calls, seconds)
+type Table = HashMap<(&'static str, String), (u64, f64)>;
+static TABLE: Mutex<Option<Table>> = Mutex::new(None);
 
 /// One profiled entry: op name, input shapes, number of calls, total seconds.
 pub type Entry = (String, String, u64, f64);

@@ -71,6 +71,9 @@ pub fn update_vars(rule: &Rule, params: &[Var], states: &[Option<Vec<Var>>], gra
     Ok(())
 }
 
+/// A last-use table for one set of deferred nodes.
+type Plan = (Vec<bool>, Arc<Vec<usize>>);
+
 pub struct TrainStep {
     prog: Program,
     params: Vec<Var>,
@@ -86,7 +89,7 @@ pub struct TrainStep {
     /// whether any kernel of the step is large enough to run on several threads
     parallel: bool,
     /// last-use tables per set of deferred (fused) nodes (a handful at most: a linear scan)
-    plans: Mutex<Vec<(Vec<bool>, Arc<Vec<usize>>)>>,
+    plans: Mutex<Vec<Plan>>,
     arena: Mutex<Vec<Vec<f32>>>,
 }
 
