@@ -805,8 +805,16 @@ def bandwidth_section(thread_counts: list[int], n: int) -> str:
     dst = np.empty_like(x)
     tdst = torch.empty_like(tx) if torch is not None else None
     # (name, bytes moved (read + write, minimum), bg fn, numpy fn, torch fn)
+    # the machine's bandwidth, measured in the same block as each op (so drift of this shared
+    # machine hits both alike): a plain copy (read + write) by numpy and torch for elementwise ops,
+    # the best full read (numpy / torch sum and max) for reductions
+    copy_refs = {"ref copy np": lambda: np.copyto(dst, x)}
+    read_refs = {"ref sum np": lambda: x.sum(), "ref max np": lambda: x.max()}
+    if torch is not None:
+        copy_refs["ref copy torch"] = lambda: tdst.copy_(tx)
+        read_refs["ref sum torch"] = lambda: tx.sum()
+        read_refs["ref max torch"] = lambda: tx.max()
     ops = [
-        # the machine's bandwidth, measured: a plain copy (read + write) by numpy and torch
         ("copy (bandwidth reference)", 8 * n, None, lambda: np.copyto(dst, x), lambda: tdst.copy_(tx)),
         ("relu (max(x, 0))", 8 * n, lambda: bg.relu(gx), lambda: np.maximum(x, 0), lambda: torch.relu(tx)),
         ("exp", 8 * n, lambda: bg.exp(gx), lambda: np.exp(x), lambda: torch.exp(tx)),
@@ -829,27 +837,28 @@ def bandwidth_section(thread_counts: list[int], n: int) -> str:
                 fns = {"np": fn} if fb is None else {"bg": fb, "np": fn}
                 if torch is not None:
                     fns["torch"] = ft
-                med = measure(fns, max(5, Cfg.repeats // 2))
-                gbs = {k: nbytes / v / 1e9 for k, v in med.items()}
-                measured.append((name, gbs))
-                print(f"  bandwidth {name} t{t}: " + ", ".join(f"{k} {v:.1f} GB/s" for k, v in gbs.items()), file=sys.stderr)
-            # the machine's measured bandwidth at t threads: the best copy (read + write) for
-            # elementwise ops, the best full reduction by any library (read only) for reductions
-            copy_bw = max(measured[0][1].values())
-            read_bw = max(v for nm, g in measured if nm in reductions for v in g.values())
-            for name, gbs in measured:
-                ref = read_bw if name in reductions else copy_bw
+                rated = fb is not None and not name.startswith("softmax")
+                refs = (read_refs if name in reductions else copy_refs) if rated else {}
+                med = measure({**fns, **refs}, max(5, Cfg.repeats // 2))
+                gbs = {k: nbytes / v / 1e9 for k, v in med.items() if k in fns}
+                # a copy moves 8 bytes per element, a full read 4
+                ref_bw = max((8 if name not in reductions else 4) * n / med[k] / 1e9 for k in refs) if refs else None
+                measured.append((name, gbs, ref_bw))
+                print(f"  bandwidth {name} t{t}: " + ", ".join(f"{k} {v:.1f} GB/s" for k, v in gbs.items())
+                      + (f"; machine {ref_bw:.1f} GB/s" if ref_bw else ""), file=sys.stderr)
+            for name, gbs, ref in measured:
                 rows.append([name, str(t), fmt(gbs.get("bg")), fmt(gbs["np"]), fmt(gbs.get("torch")),
                              ratio(gbs.get("bg"), gbs["np"]), ratio(gbs.get("bg"), gbs.get("torch")),
-                             "" if "bg" not in gbs or name.startswith("softmax") else f"{gbs['bg'] / ref:.0%}"])
+                             "" if ref is None else f"{gbs['bg'] / ref:.0%} of {ref:.1f}"])
     ld.__exit__()
     return table(f"(d) Elementwise / reduction bandwidth on {n:.0e} float32 elements, GB/s (1e9 bytes read + written / median time)",
                  ["op", "threads", "batchgrad", "numpy", "torch", "bg / numpy", "bg / torch", "bg / machine"], rows,
                  "numpy elementwise ops and reductions are single-threaded whatever the thread count (only its BLAS is "
                  "threaded); numpy softmax is the usual 4-pass `exp(x - max) / sum` and is charged the same minimum bytes. "
-                 "**bg / machine**: batchgrad's GB/s over the machine's measured bandwidth at that thread count, the best "
-                 "copy (`np.copyto` / `torch.Tensor.copy_`, read + write) for elementwise ops and the best full reduction "
-                 "of any library (read only) for sum / max (softmax rows are compute-bound and not rated). " + ld.note())
+                 "**bg / machine**: batchgrad's GB/s over the machine's bandwidth measured in the same block (same "
+                 "rounds, so the shared machine's drift hits both): the best plain copy (`np.copyto` / "
+                 "`torch.Tensor.copy_`, read + write) for elementwise ops, the best full read (numpy / torch sum and max) "
+                 "for reductions; softmax rows are compute-bound and not rated. " + ld.note())
 
 
 # ----------------------------------------------------------------------------------------------
