@@ -821,6 +821,21 @@ def test_matmul_is_thread_count_independent(m, k, n, ta, tb, rng, threads):
     close(outs[0], want, 1e-3, 1e-3)
 
 
+@pytest.mark.parametrize("shape, axis", [((2048, 256), 0), ((3, 1000, 70), 1), ((129, 5), 0), ((300, 2, 300), (0, 2))])
+def test_long_axis_reductions_are_thread_count_independent(shape, axis, rng, threads):
+    """A long reduced axis is summed in fixed blocks of rows, whatever the thread count."""
+    a = rng.standard_normal(shape).astype(F32)
+    a[1, 1] = np.nan if len(shape) == 2 and shape[1] == 5 else a[1, 1]
+    got = {}
+    for t in (1, 2):
+        bg.set_num_threads(t)
+        got[t] = (bg.tensor(a).sum(axis=axis).numpy(), bg.tensor(a).max(axis=axis).numpy())
+    for k in range(2):
+        assert np.array_equal(got[1][k], got[2][k], equal_nan=True)
+    close(got[1][0], a.astype(np.float64).sum(axis=axis), 1e-5, 1e-4)
+    close(got[1][1], a.max(axis=axis))
+
+
 @pytest.mark.parametrize("n_threads", [1, 2])
 def test_large_inputs_match_numpy(n_threads, rng, threads):
     bg.set_num_threads(n_threads)

@@ -10,6 +10,9 @@ use crate::tensor::{alloc, alloc_for_overwrite};
 
 const BLOCK: usize = 4096;
 
+/// Rows of a reduced (non-last) axis reduced together before the block results are combined.
+const RED_BLOCK: usize = 128;
+
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Reduce {
     Sum,
@@ -116,7 +119,7 @@ pub fn reduce3(x: &[f32], outer: usize, red: usize, inner: usize, kind: Reduce) 
         return Ok(out);
     }
     let work = outer * red * inner;
-    maybe_par(work, |par| {
+    maybe_par(work, |par| -> Result<()> {
         if inner == 1 {
             let f = |o: usize| -> f32 {
                 let row = &x[o * red..(o + 1) * red];
@@ -131,36 +134,73 @@ pub fn reduce3(x: &[f32], outer: usize, red: usize, inner: usize, kind: Reduce) 
                 out.iter_mut().enumerate().for_each(|(o, v)| *v = f(o));
             }
         } else {
-            // out[o, :] accumulates rows x[o, r, :] in order r = 0..red.
-            let col_chunk = 1024usize;
-            let body = |o: usize, c0: usize, dst: &mut [f32]| {
+            // dst = rows x[o, r0..r1, c0..c0 + w] accumulated in order r = r0..r1
+            let body = |o: usize, c0: usize, r0: usize, r1: usize, dst: &mut [f32]| {
                 let w = dst.len();
-                let first = &x[o * red * inner + c0..o * red * inner + c0 + w];
-                dst.copy_from_slice(first);
-                for r in 1..red {
-                    let src = &x[(o * red + r) * inner + c0..(o * red + r) * inner + c0 + w];
-                    match kind {
-                        Reduce::Sum => dst.iter_mut().zip(src).for_each(|(d, &s)| *d += s),
-                        Reduce::Max => dst.iter_mut().zip(src).for_each(|(d, &s)| {
-                            if s > *d || s.is_nan() {
-                                *d = s
-                            }
-                        }),
+                let row = |r: usize| &x[(o * red + r) * inner + c0..(o * red + r) * inner + c0 + w];
+                dst.copy_from_slice(row(r0));
+                simd::dispatch(#[inline(always)] || {
+                    for r in r0 + 1..r1 {
+                        let src = row(r);
+                        match kind {
+                            Reduce::Sum => dst.iter_mut().zip(src).for_each(|(d, &s)| *d += s),
+                            Reduce::Max => dst.iter_mut().zip(src).for_each(|(d, &s)| {
+                                if s > *d || s.is_nan() {
+                                    *d = s
+                                }
+                            }),
+                        }
                     }
-                }
+                })
             };
             if red == 0 {
-                return; // sums over an empty axis stay 0 (max with red == 0 was rejected above)
+                return Ok(()); // sums over an empty axis stay 0 (max with red == 0 was rejected above)
             }
+            if red > RED_BLOCK {
+                // a long reduced axis (a bias gradient: the batch): fixed blocks of RED_BLOCK rows
+                // reduced on their own (in parallel when large), then the block results combined
+                // in block order. The blocking never depends on the thread count.
+                let nb = red.div_ceil(RED_BLOCK);
+                let mut partial = alloc_for_overwrite(outer * nb * inner)?;
+                let block = |ob: usize, dst: &mut [f32]| {
+                    let (o, b) = (ob / nb, ob % nb);
+                    body(o, 0, b * RED_BLOCK, (b * RED_BLOCK + RED_BLOCK).min(red), dst)
+                };
+                if par {
+                    partial.par_chunks_mut(inner).enumerate().for_each(|(ob, dst)| block(ob, dst));
+                } else {
+                    partial.chunks_mut(inner).enumerate().for_each(|(ob, dst)| block(ob, dst));
+                }
+                for (o, row) in out.chunks_mut(inner).enumerate() {
+                    let p = &partial[o * nb * inner..(o + 1) * nb * inner];
+                    row.copy_from_slice(&p[..inner]);
+                    simd::dispatch(#[inline(always)] || {
+                        for src in p.chunks(inner).skip(1) {
+                            match kind {
+                                Reduce::Sum => row.iter_mut().zip(src).for_each(|(d, &s)| *d += s),
+                                Reduce::Max => row.iter_mut().zip(src).for_each(|(d, &s)| {
+                                    if s > *d || s.is_nan() {
+                                        *d = s
+                                    }
+                                }),
+                            }
+                        }
+                    });
+                }
+                crate::tensor::recycle(partial);
+                return Ok(());
+            }
+            let col_chunk = 1024usize;
             if par {
                 out.par_chunks_mut(inner).enumerate().for_each(|(o, row)| {
-                    row.par_chunks_mut(col_chunk).enumerate().for_each(|(c, dst)| body(o, c * col_chunk, dst));
+                    row.par_chunks_mut(col_chunk).enumerate().for_each(|(c, dst)| body(o, c * col_chunk, 0, red, dst));
                 });
             } else {
-                out.chunks_mut(inner).enumerate().for_each(|(o, row)| body(o, 0, row));
+                out.chunks_mut(inner).enumerate().for_each(|(o, row)| body(o, 0, 0, red, row));
             }
         }
-    });
+        Ok(())
+    })?;
     Ok(out)
 }
 
