@@ -304,31 +304,44 @@ def header() -> str:
 # (a) GEMM
 # ----------------------------------------------------------------------------------------------
 def gemm_section(thread_counts: list[int], quick: bool) -> str:
-    shapes = [(f"{s}^3", s, s, s) for s in (256, 512, 1024, 2048)]
+    # (label, m, k, n, ta, tb): C (m x n) = op(A) op(B); ta / tb: the operand is stored transposed
+    # and read through a transposed view (no copy), as the backward pass does
+    shapes = [(f"{s}^3", s, s, s, False, False) for s in (256, 512, 1024, 2048)]
     for b in (32, 512, 4096):
         for k, n in ((784, 256), (256, 256), (256, 10)):
-            shapes.append((f"{b}x{k} @ {k}x{n}", b, k, n))
+            shapes.append((f"{b}x{k} @ {k}x{n}", b, k, n, False, False))
+    for b in (32, 512, 4096):
+        for k, n in ((784, 256), (256, 256), (256, 10)):
+            # the backward products of that layer: dX = G Wᵀ and dW = Xᵀ G
+            shapes.append((f"dX: {b}x{n} @ ({k}x{n})ᵀ", b, n, k, False, True))
+            shapes.append((f"dW: ({b}x{k})ᵀ @ {b}x{n}", k, b, n, True, False))
     rng = np.random.default_rng(0)
     rows = []
     ld = Load().__enter__()
     for t in thread_counts:
         with threads(t):
-            for label, m, k, n in shapes:
-                a = rng.standard_normal((m, k), dtype=np.float32)
-                b = rng.standard_normal((k, n), dtype=np.float32)
-                ga, gb = bg.tensor(a), bg.tensor(b)
+            for label, m, k, n, ta, tb in shapes:
+                # stored arrays; a / b below are the (transposed) views that enter the product
+                sa = rng.standard_normal((k, m) if ta else (m, k), dtype=np.float32)
+                sb = rng.standard_normal((n, k) if tb else (k, n), dtype=np.float32)
+                a, b = (sa.T if ta else sa), (sb.T if tb else sb)
+                ga, gb = bg.tensor(sa), bg.tensor(sb)
                 fns: dict[str, Callable[[], object]] = {}
 
-                def bg_mm(ga=ga, gb=gb):
+                def bg_mm(ga=ga, gb=gb, ta=ta, tb=tb):
                     with bg.no_grad():
-                        return ga @ gb
+                        if not (ta or tb):
+                            return ga @ gb
+                        # the registry's matmul with its transpose flags: the op the backward pass runs
+                        return bg.Tensor(bg._core.apply("matmul", [ga._v, gb._v], {"ta": ta, "tb": tb}))
 
                 fns["bg"] = bg_mm
                 fns["np"] = lambda a=a, b=b: a @ b
                 if torch is not None:
-                    ta, tb = torch.from_numpy(a), torch.from_numpy(b)
+                    tsa, tsb = torch.from_numpy(sa), torch.from_numpy(sb)
+                    tta, ttb = (tsa.T if ta else tsa), (tsb.T if tb else tsb)
 
-                    def th_mm(ta=ta, tb=tb):
+                    def th_mm(ta=tta, tb=ttb):
                         with torch.no_grad():
                             return ta @ tb
 
@@ -343,7 +356,11 @@ def gemm_section(thread_counts: list[int], quick: bool) -> str:
     return table("(a) GEMM, GFLOP/s (2mnk / median time)",
                  ["shape (m x k @ k x n)", "threads", "batchgrad", "numpy", "torch", "bg / numpy", "bg / torch"], rows,
                  "batchgrad: `ga @ gb` on pre-built tensors under `bg.no_grad()` (includes the Python call and output "
-                 f"allocation); numpy: `a @ b`; torch: `ta @ tb` under `torch.no_grad()`. {ld.note()}")
+                 "allocation); numpy: `a @ b`; torch: `ta @ tb` under `torch.no_grad()`. The dX / dW rows are the "
+                 "layer's backward products with the stored operand read transposed, no copy: numpy and torch through a "
+                 "`.T` view, batchgrad through the matmul op's transpose flags (`_core.apply('matmul', ..., {'ta': ..})`, "
+                 "what its backward pass runs). "
+                 f"{ld.note()}")
 
 
 # ----------------------------------------------------------------------------------------------
