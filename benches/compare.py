@@ -303,9 +303,9 @@ def header() -> str:
 # ----------------------------------------------------------------------------------------------
 # (a) GEMM
 # ----------------------------------------------------------------------------------------------
-def gemm_section(thread_counts: list[int], quick: bool) -> str:
-    # (label, m, k, n, ta, tb): C (m x n) = op(A) op(B); ta / tb: the operand is stored transposed
-    # and read through a transposed view (no copy), as the backward pass does
+def _gemm_shapes() -> list[tuple[str, int, int, int, bool, bool]]:
+    """(label, m, k, n, ta, tb): C (m x n) = op(A) op(B); ta / tb: the operand is stored transposed
+    and read through a transposed view (no copy), as the backward pass does."""
     shapes = [(f"{s}^3", s, s, s, False, False) for s in (256, 512, 1024, 2048)]
     for b in (32, 512, 4096):
         for k, n in ((784, 256), (256, 256), (256, 10)):
@@ -315,52 +315,94 @@ def gemm_section(thread_counts: list[int], quick: bool) -> str:
             # the backward products of that layer: dX = G Wᵀ and dW = Xᵀ G
             shapes.append((f"dX: {b}x{n} @ ({k}x{n})ᵀ", b, n, k, False, True))
             shapes.append((f"dW: ({b}x{k})ᵀ @ {b}x{n}", k, b, n, True, False))
+    return shapes
+
+
+def _gemm_fn(lib: str, sa: np.ndarray, sb: np.ndarray, ta: bool, tb: bool) -> Callable[[], object]:
+    if lib == "bg":
+        ga, gb = bg.tensor(sa), bg.tensor(sb)
+
+        def bg_mm():
+            with bg.no_grad():
+                if not (ta or tb):
+                    return ga @ gb
+                # the registry's matmul with its transpose flags: the op the backward pass runs
+                return bg.Tensor(bg._core.apply("matmul", [ga._v, gb._v], {"ta": ta, "tb": tb}))
+
+        return bg_mm
+    if lib == "np":
+        a, b = (sa.T if ta else sa), (sb.T if tb else sb)
+        return lambda: a @ b
+    tsa, tsb = torch.from_numpy(sa), torch.from_numpy(sb)
+    tta, ttb = (tsa.T if ta else tsa), (tsb.T if tb else tsb)
+
+    def th_mm():
+        with torch.no_grad():
+            return tta @ ttb
+
+    return th_mm
+
+
+def gemm_child(lib: str, t: int, quick: bool) -> None:
+    """--gemm-child LIB T: one library alone in this process, pinned to T cores; GFLOP/s as JSON."""
+    cpus = sorted(os.sched_getaffinity(0))
+    os.sched_setaffinity(0, set(cpus[:t]))
+    Cfg.threads = t
+    # no settle pauses: no other library's pool is here to wait for, and an idle pause lets this
+    # VM park the second vCPU (2-thread GEMMs then measured at 1-thread speed for a while)
+    Cfg.settle = 0.0
+    bg.set_num_threads(t)
+    if torch is not None:
+        torch.set_num_threads(t)
+    ctx = threadpoolctl.threadpool_limits(limits=t, user_api="blas") if threadpoolctl else nullcontext()
     rng = np.random.default_rng(0)
+    out = {}
+    with ctx:
+        for label, m, k, n, ta, tb in _gemm_shapes():
+            sa = rng.standard_normal((k, m) if ta else (m, k), dtype=np.float32)
+            sb = rng.standard_normal((n, k) if tb else (k, n), dtype=np.float32)
+            reps = 7 if (quick and m * n * k >= 1 << 30) else None
+            med = measure({lib: _gemm_fn(lib, sa, sb, ta, tb)}, reps)
+            out[label] = 2 * m * n * k / med[lib] / 1e9
+    print(json.dumps(out))
+
+
+def gemm_section(thread_counts: list[int], quick: bool) -> str:
+    """Each library in its own child process pinned to the thread count's cores, one after the
+    other (twice, in opposite orders, unless --quick): no library's thread pool shares the cores
+    with another's, which on this 2-core VM moved 2-thread rows by up to 2x when they ran in one
+    process."""
+    libs = ["bg", "np"] + (["torch"] if torch is not None else [])
+    orders = [libs] if quick else [libs, libs[::-1]]
     rows = []
-    ld = Load().__enter__()
-    for t in thread_counts:
-        with threads(t):
-            for label, m, k, n, ta, tb in shapes:
-                # stored arrays; a / b below are the (transposed) views that enter the product
-                sa = rng.standard_normal((k, m) if ta else (m, k), dtype=np.float32)
-                sb = rng.standard_normal((n, k) if tb else (k, n), dtype=np.float32)
-                a, b = (sa.T if ta else sa), (sb.T if tb else sb)
-                ga, gb = bg.tensor(sa), bg.tensor(sb)
-                fns: dict[str, Callable[[], object]] = {}
-
-                def bg_mm(ga=ga, gb=gb, ta=ta, tb=tb):
-                    with bg.no_grad():
-                        if not (ta or tb):
-                            return ga @ gb
-                        # the registry's matmul with its transpose flags: the op the backward pass runs
-                        return bg.Tensor(bg._core.apply("matmul", [ga._v, gb._v], {"ta": ta, "tb": tb}))
-
-                fns["bg"] = bg_mm
-                fns["np"] = lambda a=a, b=b: a @ b
-                if torch is not None:
-                    tsa, tsb = torch.from_numpy(sa), torch.from_numpy(sb)
-                    tta, ttb = (tsa.T if ta else tsa), (tsb.T if tb else tsb)
-
-                    def th_mm(ta=tta, tb=ttb):
-                        with torch.no_grad():
-                            return ta @ tb
-
-                    fns["torch"] = th_mm
-                reps = 7 if (quick and m * n * k >= 1 << 30) else None
-                med = measure(fns, reps)
-                gf = {kk: 2 * m * n * k / v / 1e9 for kk, v in med.items()}
-                rows.append([label, str(t), fmt(gf["bg"]), fmt(gf["np"]), fmt(gf.get("torch")),
-                             ratio(gf["bg"], gf["np"]), ratio(gf["bg"], gf.get("torch"))])
+    with Load() as ld:
+        for t in thread_counts:
+            got: dict[str, list[dict]] = {lib: [] for lib in libs}
+            for order in orders:
+                for lib in order:
+                    cmd = [sys.executable, os.path.abspath(__file__), "--gemm-child", lib, str(t), "--repeats", str(Cfg.repeats),
+                           "--min-time", str(Cfg.min_time), "--max-foreign", str(Cfg.max_foreign),
+                           "--wait-idle", str(Cfg.idle_wait)] + (["--quick"] if quick else [])
+                    env = dict(os.environ)
+                    env.pop("BATCHGRAD_NUM_THREADS", None)
+                    r = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+                    if r.returncode != 0:
+                        print(f"  [gemm child {lib} t{t} failed: {r.stderr[-2000:]}]", file=sys.stderr)
+                        continue
+                    got[lib].append(json.loads(r.stdout.strip().splitlines()[-1]))
+            for label, *_ in _gemm_shapes():
+                gf = {lib: statistics.mean(g[label] for g in runs) for lib, runs in got.items() if runs}
+                rows.append([label, str(t), fmt(gf.get("bg")), fmt(gf.get("np")), fmt(gf.get("torch")),
+                             ratio(gf.get("bg"), gf.get("np")), ratio(gf.get("bg"), gf.get("torch"))])
                 print(f"  gemm {label} t{t}: " + ", ".join(f"{kk} {v:.1f}" for kk, v in gf.items()), file=sys.stderr)
-    ld.__exit__()
     return table("(a) GEMM, GFLOP/s (2mnk / median time)",
                  ["shape (m x k @ k x n)", "threads", "batchgrad", "numpy", "torch", "bg / numpy", "bg / torch"], rows,
                  "batchgrad: `ga @ gb` on pre-built tensors under `bg.no_grad()` (includes the Python call and output "
                  "allocation); numpy: `a @ b`; torch: `ta @ tb` under `torch.no_grad()`. The dX / dW rows are the "
                  "layer's backward products with the stored operand read transposed, no copy: numpy and torch through a "
                  "`.T` view, batchgrad through the matmul op's transpose flags (`_core.apply('matmul', ..., {'ta': ..})`, "
-                 "what its backward pass runs). "
-                 f"{ld.note()}")
+                 "what its backward pass runs). Each library runs alone in a child process pinned to that many cores"
+                 + ("" if quick else ", twice in opposite orders (mean of the two medians)") + f". {ld.note()}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -895,6 +937,7 @@ def main() -> None:
                          "than FRACTION of the machine's CPU time (e.g. 0.1); default 1.0 = never")
     ap.add_argument("--jax-child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--compiled-child", type=int, default=0, help=argparse.SUPPRESS)
+    ap.add_argument("--gemm-child", nargs=2, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.quick:
         Cfg.repeats, Cfg.rounds, Cfg.min_time, Cfg.warmup, Cfg.settle = 6, 2, 0.02, 2, 0.2
@@ -910,6 +953,9 @@ def main() -> None:
         return
     if args.compiled_child:
         compiled_child(args.compiled_child)
+        return
+    if args.gemm_child:
+        gemm_child(args.gemm_child[0], int(args.gemm_child[1]), args.quick)
         return
     parts = [header()]
     print(parts[0], flush=True)
