@@ -289,10 +289,8 @@ fn narrow_softmax_rows(x: &[f32], out: &mut [f32], n: usize, log: bool) {
                     }
                     ms[r] = if m.is_finite() { m } else if nan { f32::NAN } else { 0.0 };
                 }
-                for r in 0..rows {
-                    for j in r * n..(r + 1) * n {
-                        ob[j] = xb[j] - ms[r];
-                    }
+                for ((orow, xrow), &m) in ob.chunks_mut(n).zip(xb.chunks(n)).zip(&ms[..rows]) {
+                    orow.iter_mut().zip(xrow).for_each(|(o, &v)| *o = v - m);
                 }
                 for v in ob.iter_mut() {
                     *v = simd::exp(*v);
