@@ -807,7 +807,7 @@ def threads():
 @pytest.mark.parametrize("m, k, n, ta, tb", [(32, 256, 256, False, False), (32, 784, 256, False, False), (784, 32, 256, True, False),
                                             (256, 2048, 10, True, False), (2048, 256, 10, False, False), (300, 40, 70, False, True),
                                             (1, 784, 256, False, False), (64, 512, 2048, False, False),
-                                            (32, 256, 256, False, True), (100, 50, 30, False, True)])
+                                            (32, 256, 256, False, True), (100, 50, 30, False, True), (512, 256, 784, False, True)])
 def test_matmul_is_thread_count_independent(m, k, n, ta, tb, rng, threads):
     """Every way a product is split across threads (rows, columns, the crate's own, tiles of the
     narrow AᵀB kernel) gives bit-identical results."""

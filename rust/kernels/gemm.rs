@@ -137,14 +137,15 @@ pub fn matmul_into(out: &mut [f32], e: Epilogue, a: &Operand, b: &Operand, a_off
     // split a product across threads only when each thread gets several MFLOP and a real panel
     let small = flops < (1 << 23) || m.min(n) < 16;
     // Medium products (a minibatch's products at batch 32: 4-8 MFLOP, or an inner dimension under
-    // 64): the crate runs the first serially and gains nothing from its threads on the second
-    // (784x32 @ 32x256 with the SGD epilogue at 2 threads: 182 vs 130 us on one), so C is cut into
-    // one block of rows (or of columns when C is wide) per thread, each a serial product. The sum over k of
+    // 64, or A·Bᵀ under 1 GFLOP): the crate runs the first serially, gains nothing from its threads
+    // on the second (784x32 @ 32x256 with the SGD epilogue at 2 threads: 182 vs 130 us on one) and
+    // little on the third (dX = G·Wᵀ, 512x256 @ (784x256)ᵀ: 151-172 GFLOP/s, 187-196 split), so C
+    // is cut into one block of rows (or of columns when C is wide) per thread, each a serial product. The sum over k of
     // every element is the same serial kernel's either way: results do not depend on the split.
     let split_dim = if n >= m { n } else { m };
     // only where the crate would run serially (under 8 MFLOP) or its split loses (k < 64): at
     // 256^3 its own threading is better (187 vs 148 GFLOP/s)
-    if threads > 1 && batch == 1 && !rowwise && flops >= PAR_MIN_FLOPS && (small || k < 64) && split_dim >= 32 * threads {
+    if threads > 1 && batch == 1 && !rowwise && flops >= PAR_MIN_FLOPS && (small || k < 64 || (b_cs != 1 && flops < (1 << 30))) && split_dim >= 32 * threads {
         let cols = n >= m;
         let chunk = split_dim.div_ceil(threads).next_multiple_of(16);
         let (dp, ap, bp) = (SendPtr(out.as_mut_ptr()), SendPtr(a.data.as_ptr() as *mut f32), SendPtr(b.data.as_ptr() as *mut f32));
