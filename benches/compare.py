@@ -380,16 +380,9 @@ def gemm_section(thread_counts: list[int], quick: bool) -> str:
             got: dict[str, list[dict]] = {lib: [] for lib in libs}
             for order in orders:
                 for lib in order:
-                    cmd = [sys.executable, os.path.abspath(__file__), "--gemm-child", lib, str(t), "--repeats", str(Cfg.repeats),
-                           "--min-time", str(Cfg.min_time), "--max-foreign", str(Cfg.max_foreign),
-                           "--wait-idle", str(Cfg.idle_wait)] + (["--quick"] if quick else [])
-                    env = dict(os.environ)
-                    env.pop("BATCHGRAD_NUM_THREADS", None)
-                    r = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
-                    if r.returncode != 0:
-                        print(f"  [gemm child {lib} t{t} failed: {r.stderr[-2000:]}]", file=sys.stderr)
-                        continue
-                    got[lib].append(json.loads(r.stdout.strip().splitlines()[-1]))
+                    res = run_child(["--gemm-child", lib, str(t)], quick, f"gemm {lib} t{t}")
+                    if res is not None:
+                        got[lib].append(res)
             for label, *_ in _gemm_shapes():
                 gf = {lib: statistics.mean(g[label] for g in runs) for lib, runs in got.items() if runs}
                 rows.append([label, str(t), fmt(gf.get("bg")), fmt(gf.get("np")), fmt(gf.get("torch")),
@@ -570,19 +563,23 @@ def jax_child(quick: bool) -> None:
     print(json.dumps(res))
 
 
-def run_jax_child(quick: bool) -> dict | None:
-    if not HAVE_JAX:
-        return None
-    cmd = [sys.executable, os.path.abspath(__file__), "--jax-child", "--repeats", str(Cfg.repeats),
+def run_child(mode: list[str], quick: bool, what: str) -> dict | None:
+    """Run this script as a child (`mode`: its --*-child flag and arguments) with this run's timing
+    settings; the JSON it prints last, or None (reported) if it failed."""
+    cmd = [sys.executable, os.path.abspath(__file__), *mode, "--repeats", str(Cfg.repeats),
            "--min-time", str(Cfg.min_time), "--max-foreign", str(Cfg.max_foreign),
            "--wait-idle", str(Cfg.idle_wait)] + (["--quick"] if quick else [])
     env = dict(os.environ)
     env.pop("BATCHGRAD_NUM_THREADS", None)
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
     if r.returncode != 0:
-        print(f"  [jax child failed: {r.stderr[-2000:]}]", file=sys.stderr)
+        print(f"  [{what} child failed: {r.stderr[-2000:]}]", file=sys.stderr)
         return None
     return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def run_jax_child(quick: bool) -> dict | None:
+    return run_child(["--jax-child"], quick, "jax") if HAVE_JAX else None
 
 
 def make_bg_compiled_step(x: np.ndarray, y: np.ndarray):
@@ -625,16 +622,9 @@ def compiled_section(thread_counts: list[int], quick: bool) -> str:
     jv = None
     with Load() as ld:
         for t in thread_counts:
-            cmd = [sys.executable, os.path.abspath(__file__), "--compiled-child", str(t), "--repeats", str(Cfg.repeats),
-                   "--min-time", str(Cfg.min_time), "--max-foreign", str(Cfg.max_foreign),
-                   "--wait-idle", str(Cfg.idle_wait)] + (["--quick"] if quick else [])
-            env = dict(os.environ)
-            env.pop("BATCHGRAD_NUM_THREADS", None)
-            r = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
-            if r.returncode != 0:
-                print(f"  [compiled child failed: {r.stderr[-2000:]}]", file=sys.stderr)
+            res = run_child(["--compiled-child", str(t)], quick, f"compiled t{t}")
+            if res is None:
                 continue
-            res = json.loads(r.stdout.strip().splitlines()[-1])
             jv = res["jax"] or jv
             for b in STEP_BATCHES:
                 m = res["batches"][str(b)]

@@ -353,13 +353,31 @@ mod tests {
         c
     }
 
-    #[test]
-    fn thin_products_match_naive() {
-        let mut seed = 1u32;
-        let mut rnd = || {
+    /// A deterministic uniform(-0.5, 0.5) stream.
+    fn lcg(mut seed: u32) -> impl FnMut() -> f32 {
+        move || {
             seed = seed.wrapping_mul(1664525).wrapping_add(1013904223);
             (seed >> 8) as f32 / (1 << 24) as f32 - 0.5
-        };
+        }
+    }
+
+    /// `product(c, epilogue)` against `want` (float64): a plain store, then C = 2 C - 0.25 P.
+    fn check_epilogues(len: usize, want: &[f64], tol: f64, product: impl Fn(&mut [f32], Epilogue)) {
+        let mut c = vec![0.5f32; len];
+        product(&mut c, Epilogue::STORE);
+        for (x, y) in c.iter().zip(want) {
+            assert!((*x as f64 - y).abs() < tol, "{x} vs {y}");
+        }
+        let mut c = vec![0.5f32; len];
+        product(&mut c, Epilogue { accumulate: true, alpha: 2.0, beta: -0.25 });
+        for (x, y) in c.iter().zip(want) {
+            assert!((*x as f64 - (1.0 - 0.25 * y)).abs() < tol, "{x} vs {}", 1.0 - 0.25 * y);
+        }
+    }
+
+    #[test]
+    fn thin_products_match_naive() {
+        let mut rnd = lcg(1);
         for &(m, k, n) in &[(1, 1, 256), (3, 1, 5), (784, 1, 10), (300, 1, 77), (5, 1, 33), (2, 1, 1)] {
             let a: Vec<f32> = (0..m * k).map(|_| rnd()).collect();
             let bt: Vec<f32> = (0..k * n).map(|_| rnd()).collect();
@@ -373,17 +391,7 @@ mod tests {
                 if !applies(k, &b) {
                     continue;
                 }
-                let mut c = vec![0.5f32; m * n];
-                product(&mut c, &av, &b, m, n, Epilogue::STORE);
-                for (x, y) in c.iter().zip(&want) {
-                    assert!((*x as f64 - y).abs() < 1e-4, "({m},{k},{n}): {x} vs {y}");
-                }
-                // accumulate: C = 2 C - 0.25 P
-                let mut c = vec![0.5f32; m * n];
-                product(&mut c, &av, &b, m, n, Epilogue { accumulate: true, alpha: 2.0, beta: -0.25 });
-                for (x, y) in c.iter().zip(&want) {
-                    assert!((*x as f64 - (1.0 - 0.25 * y)).abs() < 1e-4);
-                }
+                check_epilogues(m * n, &want, 1e-4, |c, e| product(c, &av, &b, m, n, e));
             }
         }
     }
@@ -393,11 +401,7 @@ mod tests {
         if super::super::simd::level() != 2 {
             return; // the crate's path runs instead (tested through matmul)
         }
-        let mut seed = 7u32;
-        let mut rnd = || {
-            seed = seed.wrapping_mul(1664525).wrapping_add(1013904223);
-            (seed >> 8) as f32 / (1 << 24) as f32 - 0.5
-        };
+        let mut rnd = lcg(7);
         // full tiles, partial vectors, several tiles with a ragged last one
         for &(k, n) in &[(784, 256), (3, 32), (17, 47), (64, 300), (2, 513)] {
             let a: Vec<f32> = (0..2 * k).map(|_| rnd()).collect();
@@ -407,16 +411,7 @@ mod tests {
                 let b = View { data: &bm, off: 5, rs: n as isize, cs: 1 };
                 assert!(vm_applies(1, k, n, &b));
                 let want = naive(&av, &b, 1, k, n);
-                let mut c = vec![0.5f32; n];
-                vm_product(&mut c, &av, &b, k, n, Epilogue::STORE);
-                for (x, y) in c.iter().zip(&want) {
-                    assert!((*x as f64 - y).abs() < 1e-4, "(1,{k},{n}): {x} vs {y}");
-                }
-                let mut c = vec![0.5f32; n];
-                vm_product(&mut c, &av, &b, k, n, Epilogue { accumulate: true, alpha: 2.0, beta: -0.25 });
-                for (x, y) in c.iter().zip(&want) {
-                    assert!((*x as f64 - (1.0 - 0.25 * y)).abs() < 1e-4);
-                }
+                check_epilogues(n, &want, 1e-4, |c, e| vm_product(c, &av, &b, k, n, e));
             }
         }
     }
@@ -426,11 +421,7 @@ mod tests {
         if super::super::simd::level() != 2 {
             return;
         }
-        let mut seed = 11u32;
-        let mut rnd = || {
-            seed = seed.wrapping_mul(1664525).wrapping_add(1013904223);
-            (seed >> 8) as f32 / (1 << 24) as f32 - 0.5
-        };
+        let mut rnd = lcg(11);
         for &(m, k, n) in &[(256, 2048, 10), (16, 16, 1), (47, 300, 12), (100, 513, 3), (33, 17, 7)] {
             let at: Vec<f32> = (0..k * m + 3).map(|_| rnd()).collect();
             let bm: Vec<f32> = (0..k * n).map(|_| rnd()).collect();
@@ -440,16 +431,7 @@ mod tests {
             let want = naive(&a, &b, m, k, n);
             for threads in [1, 2] {
                 crate::kernels::set_num_threads(threads);
-                let mut c = vec![0.5f32; m * n];
-                tn_product(&mut c, &a, &b, m, k, n, Epilogue::STORE);
-                for (x, y) in c.iter().zip(&want) {
-                    assert!((*x as f64 - y).abs() < 1e-3, "({m},{k},{n}): {x} vs {y}");
-                }
-                let mut c2 = vec![0.5f32; m * n];
-                tn_product(&mut c2, &a, &b, m, k, n, Epilogue { accumulate: true, alpha: 2.0, beta: -0.25 });
-                for (x, y) in c2.iter().zip(&want) {
-                    assert!((*x as f64 - (1.0 - 0.25 * y)).abs() < 1e-3);
-                }
+                check_epilogues(m * n, &want, 1e-3, |c, e| tn_product(c, &a, &b, m, k, n, e));
             }
         }
     }
@@ -459,11 +441,7 @@ mod tests {
         if super::super::simd::level() != 2 {
             return;
         }
-        let mut seed = 5u32;
-        let mut rnd = || {
-            seed = seed.wrapping_mul(1664525).wrapping_add(1013904223);
-            (seed >> 8) as f32 / (1 << 24) as f32 - 0.5
-        };
+        let mut rnd = lcg(5);
         for &(m, k, n) in &[(32, 256, 256), (13, 16, 1), (33, 257, 10), (128, 100, 7), (17, 31, 5)] {
             let am: Vec<f32> = (0..m * k + 2).map(|_| rnd()).collect();
             let bm: Vec<f32> = (0..n * k).map(|_| rnd()).collect();
@@ -473,16 +451,7 @@ mod tests {
             let want = naive(&a, &b, m, k, n);
             for threads in [1, 2] {
                 crate::kernels::set_num_threads(threads);
-                let mut c = vec![0.5f32; m * n];
-                nt_product(&mut c, &a, &b, m, k, n, Epilogue::STORE);
-                for (x, y) in c.iter().zip(&want) {
-                    assert!((*x as f64 - y).abs() < 1e-3, "({m},{k},{n}): {x} vs {y}");
-                }
-                let mut c2 = vec![0.5f32; m * n];
-                nt_product(&mut c2, &a, &b, m, k, n, Epilogue { accumulate: true, alpha: 2.0, beta: -0.25 });
-                for (x, y) in c2.iter().zip(&want) {
-                    assert!((*x as f64 - (1.0 - 0.25 * y)).abs() < 1e-3);
-                }
+                check_epilogues(m * n, &want, 1e-3, |c, e| nt_product(c, &a, &b, m, k, n, e));
             }
         }
     }
