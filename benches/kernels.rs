@@ -249,6 +249,23 @@ fn elementwise(c: &mut Criterion) {
                 b.iter(|| black_box(keep(unary(black_box(&x), |v| v.max(0.0)).unwrap())))
             });
             if n >= 1_000_000 {
+                // the machine's bandwidth in this same harness: memcpy (non-temporal stores at this
+                // size) into a buffer from the same pool, split over the same chunks at t threads
+                g.bench_function(BenchmarkId::new(format!("copy_reference/{label}"), format!("t{t}")), |b| {
+                    set_num_threads(t);
+                    b.iter(|| {
+                        let mut out = batchgrad::tensor::alloc_for_overwrite(n).unwrap();
+                        batchgrad::kernels::maybe_par(n, |par| {
+                            use rayon::prelude::*;
+                            if par {
+                                out.par_chunks_mut(1 << 14).zip(x.par_chunks(1 << 14)).for_each(|(o, s)| o.copy_from_slice(s));
+                            } else {
+                                out.copy_from_slice(&x);
+                            }
+                        });
+                        black_box(keep(out))
+                    })
+                });
                 g.bench_function(BenchmarkId::new(format!("unary_relu_fresh_vec/{label}"), format!("t{t}")), |b| {
                     set_num_threads(t);
                     b.iter(|| black_box(unary(black_box(&x), |v| v.max(0.0)).unwrap()))
