@@ -136,15 +136,14 @@ pub fn matmul_into(out: &mut [f32], e: Epilogue, a: &Operand, b: &Operand, a_off
     }
     // split a product across threads only when each thread gets several MFLOP and a real panel
     let small = flops < (1 << 23) || m.min(n) < 16;
-    // Medium products (a minibatch's products at batch 32: 4-8 MFLOP, or an inner dimension under
-    // 64, or A·Bᵀ under 1 GFLOP): the crate runs the first serially, gains nothing from its threads
-    // on the second (784x32 @ 32x256 with the SGD epilogue at 2 threads: 182 vs 130 us on one) and
-    // little on the third (dX = G·Wᵀ, 512x256 @ (784x256)ᵀ: 151-172 GFLOP/s, 187-196 split), so C
-    // is cut into one block of rows (or of columns when C is wide) per thread, each a serial product. The sum over k of
-    // every element is the same serial kernel's either way: results do not depend on the split.
+    // Split by hand, only where the crate's own threading loses: products it runs serially (4-8
+    // MFLOP, a minibatch's products at batch 32), an inner dimension under 64 (784x32 @ 32x256
+    // with the SGD epilogue at 2 threads: 182 us, vs 130 on one) and A·Bᵀ under 1 GFLOP (dX = G·Wᵀ,
+    // 512x256 @ (784x256)ᵀ: 151-172 GFLOP/s, 187-196 split). Elsewhere the crate's threading is
+    // better (256^3: 187 vs 148 GFLOP/s split). C is cut into one block of rows (or of columns when
+    // C is wide) per thread, each a serial product; every element's sum over k is the same serial
+    // kernel's either way, so results do not depend on the split (tests/test_ops.py checks).
     let split_dim = if n >= m { n } else { m };
-    // only where the crate would run serially (under 8 MFLOP) or its split loses (k < 64): at
-    // 256^3 its own threading is better (187 vs 148 GFLOP/s)
     if threads > 1 && batch == 1 && !rowwise && flops >= PAR_MIN_FLOPS && (small || k < 64 || (b_cs != 1 && flops < (1 << 30))) && split_dim >= 32 * threads {
         let cols = n >= m;
         let chunk = split_dim.div_ceil(threads).next_multiple_of(16);
