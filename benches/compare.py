@@ -347,17 +347,12 @@ def gemm_child(lib: str, t: int, quick: bool) -> None:
     """--gemm-child LIB T: one library alone in this process, pinned to T cores; GFLOP/s as JSON."""
     cpus = sorted(os.sched_getaffinity(0))
     os.sched_setaffinity(0, set(cpus[:t]))
-    Cfg.threads = t
     # no settle pauses: no other library's pool is here to wait for, and an idle pause lets this
     # VM park the second vCPU (2-thread GEMMs then measured at 1-thread speed for a while)
     Cfg.settle = 0.0
-    bg.set_num_threads(t)
-    if torch is not None:
-        torch.set_num_threads(t)
-    ctx = threadpoolctl.threadpool_limits(limits=t, user_api="blas") if threadpoolctl else nullcontext()
     rng = np.random.default_rng(0)
     out = {}
-    with ctx:
+    with threads(t):
         for label, m, k, n, ta, tb in _gemm_shapes():
             sa = rng.standard_normal((k, m) if ta else (m, k), dtype=np.float32)
             sb = rng.standard_normal((n, k) if tb else (k, n), dtype=np.float32)
@@ -726,23 +721,14 @@ def breakdown_section(thread_counts: list[int], batches=(1, 32, 512)) -> str:
 def overhead_section(n_ops: int) -> str:
     c = 1.0001
 
-    def bg_chain():
-        x = bg.tensor(1.0, requires_grad=True)
-        y = x
-        for i in range(n_ops // 2):
-            y = y * c
-            y = y + c
-        y.backward()
-        return x.grad
-
     const_c = bg.tensor(c)
 
-    def bg_chain_prewrapped():
+    def bg_chain(k=c):  # k: a python float, or the constant wrapped once as a tensor
         x = bg.tensor(1.0, requires_grad=True)
         y = x
         for i in range(n_ops // 2):
-            y = y * const_c
-            y = y + const_c
+            y = y * k
+            y = y + k
         y.backward()
         return x.grad
 
@@ -766,7 +752,7 @@ def overhead_section(n_ops: int) -> str:
 
     fns: dict[str, Callable[[], object]] = {
         "batchgrad (Tensor, python float constants)": bg_chain,
-        "batchgrad (Tensor, constants pre-wrapped)": bg_chain_prewrapped,
+        "batchgrad (Tensor, constants pre-wrapped)": lambda: bg_chain(const_c),
         "batchgrad (raw `_core.apply`, no Tensor wrapper)": core_chain,
         "batchgrad forward only, `no_grad`": lambda: bg.no_grad()(bg_fwd_nograd)(),
     }

@@ -109,6 +109,19 @@ fn max_contig(x: &[f32]) -> f32 {
     if nan { f32::NAN } else { m }
 }
 
+/// dst[i] = dst[i] + src[i] (sum) or the NaN-propagating max of the two.
+#[inline(always)]
+fn combine(kind: Reduce, dst: &mut [f32], src: &[f32]) {
+    match kind {
+        Reduce::Sum => dst.iter_mut().zip(src).for_each(|(d, &s)| *d += s),
+        Reduce::Max => dst.iter_mut().zip(src).for_each(|(d, &s)| {
+            if s > *d || s.is_nan() {
+                *d = s
+            }
+        }),
+    }
+}
+
 /// Reduce `x` laid out as (outer, red, inner) over the middle axis -> (outer, inner).
 pub fn reduce3(x: &[f32], outer: usize, red: usize, inner: usize, kind: Reduce) -> Result<Vec<f32>> {
     if red == 0 && kind == Reduce::Max {
@@ -141,15 +154,7 @@ pub fn reduce3(x: &[f32], outer: usize, red: usize, inner: usize, kind: Reduce) 
                 dst.copy_from_slice(row(r0));
                 simd::dispatch(#[inline(always)] || {
                     for r in r0 + 1..r1 {
-                        let src = row(r);
-                        match kind {
-                            Reduce::Sum => dst.iter_mut().zip(src).for_each(|(d, &s)| *d += s),
-                            Reduce::Max => dst.iter_mut().zip(src).for_each(|(d, &s)| {
-                                if s > *d || s.is_nan() {
-                                    *d = s
-                                }
-                            }),
-                        }
+                        combine(kind, dst, row(r));
                     }
                 })
             };
@@ -176,14 +181,7 @@ pub fn reduce3(x: &[f32], outer: usize, red: usize, inner: usize, kind: Reduce) 
                     row.copy_from_slice(&p[..inner]);
                     simd::dispatch(#[inline(always)] || {
                         for src in p.chunks(inner).skip(1) {
-                            match kind {
-                                Reduce::Sum => row.iter_mut().zip(src).for_each(|(d, &s)| *d += s),
-                                Reduce::Max => row.iter_mut().zip(src).for_each(|(d, &s)| {
-                                    if s > *d || s.is_nan() {
-                                        *d = s
-                                    }
-                                }),
-                            }
+                            combine(kind, row, src);
                         }
                     });
                 }

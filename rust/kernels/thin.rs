@@ -38,6 +38,12 @@ pub struct Epilogue {
 
 impl Epilogue {
     pub const STORE: Epilogue = Epilogue { accumulate: false, alpha: 0.0, beta: 1.0 };
+
+    /// Land one product element `x` in `*o`.
+    #[inline(always)]
+    fn apply(self, o: &mut f32, x: f32) {
+        *o = if !self.accumulate { self.beta * x } else if self.alpha == 1.0 { *o + self.beta * x } else { self.alpha * *o + self.beta * x };
+    }
 }
 
 /// Whether `product` takes this product: inner dimension 1 with B's row contiguous.
@@ -234,7 +240,7 @@ unsafe fn tn_avx512<const N: usize>(out: &mut [f32], a: &View, b: &View, t0: usi
                 _mm512_storeu_ps(lanes.as_mut_ptr(), sums[t * 2 * N + v * N + j]);
                 for (l, &x) in lanes[..rows].iter().enumerate() {
                     let o = &mut out[(32 * t + 16 * v + l) * N + j];
-                    *o = if !e.accumulate { e.beta * x } else if e.alpha == 1.0 { *o + e.beta * x } else { e.alpha * *o + e.beta * x };
+                    e.apply(o, x);
                 }
             }
         }
@@ -332,7 +338,7 @@ unsafe fn nt_avx512(out: &mut [f32], a: &View, b: &View, i0: usize, rows: usize,
                 for c in 0..4.min(n - j0) {
                     let x = sums[4 * r + c];
                     let o = &mut out[(r0 + r) * n + j0 + c];
-                    *o = if !e.accumulate { e.beta * x } else if e.alpha == 1.0 { *o + e.beta * x } else { e.alpha * *o + e.beta * x };
+                    e.apply(o, x);
                 }
             }
         }
