@@ -11,8 +11,24 @@ const CHUNK: usize = 1 << 14;
 
 /// out[i] = f(x[i]).
 pub fn unary(x: &[f32], f: impl Fn(f32) -> f32 + Sync + Send) -> Result<Vec<f32>> {
+    unary_slices(x, |o, x| simd::dispatch(#[inline(always)] || o.iter_mut().zip(x).for_each(|(o, &x)| *o = f(x))))
+}
+
+/// out = kernel(x) for a kernel over equal-length slices (e.g. `simd::exp_into`), called on
+/// blocks of the input: chunks across the pool for long inputs, and L1-sized blocks streamed to
+/// memory with non-temporal stores when the output is larger than the cache (`simd::fill_streamed`:
+/// relu on 5e7 floats 23 -> 36 GB/s at 1 thread). Binary maps keep plain stores: with two input
+/// streams non-temporal stores made x + y slower at 1 thread (30 -> 22 GB/s).
+pub fn unary_slices(x: &[f32], kernel: impl Fn(&mut [f32], &[f32]) + Sync + Send) -> Result<Vec<f32>> {
     let mut out = alloc_for_overwrite(x.len())?;
-    let run = |o: &mut [f32], x: &[f32]| simd::dispatch(#[inline(always)] || o.iter_mut().zip(x).for_each(|(o, &x)| *o = f(x)));
+    let stream = simd::streams(x.len());
+    let run = |o: &mut [f32], x: &[f32]| {
+        if stream {
+            simd::fill_streamed(o, |o, s| kernel(o, &x[s..s + o.len()]))
+        } else {
+            kernel(o, x)
+        }
+    };
     maybe_par(x.len(), |par| {
         if par {
             out.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).for_each(|(o, x)| run(o, x));

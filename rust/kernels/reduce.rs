@@ -68,7 +68,18 @@ fn sum_contig(x: &[f32], par: bool) -> f32 {
         return block_sum(x) as f32;
     }
     let partial: Vec<f64> = if par {
-        x.par_chunks(BLOCK).map(block_sum).collect()
+        // blocks stay the unit of the fixed summation order; each thread takes one contiguous
+        // range of them (one sequential stream per core, as OpenMP's static schedule does)
+        let nb = x.len().div_ceil(BLOCK);
+        let per = nb.div_ceil(rayon::current_num_threads());
+        let mut partial = vec![0f64; nb];
+        partial.par_chunks_mut(per).enumerate().for_each(|(t, p)| {
+            for (j, slot) in p.iter_mut().enumerate() {
+                let s = (t * per + j) * BLOCK;
+                *slot = block_sum(&x[s..(s + BLOCK).min(x.len())]);
+            }
+        });
+        partial
     } else {
         x.chunks(BLOCK).map(block_sum).collect()
     };
@@ -85,7 +96,7 @@ fn max_par(x: &[f32], par: bool) -> f32 {
     if !par || x.len() <= 16 * BLOCK {
         return simd::dispatch(#[inline(always)] || max_contig(x));
     }
-    let partial: Vec<f32> = x.par_chunks(16 * BLOCK).map(|c| simd::dispatch(#[inline(always)] || max_contig(c))).collect();
+    let partial: Vec<f32> = x.par_chunks(16 * BLOCK).with_min_len(4).map(|c| simd::dispatch(#[inline(always)] || max_contig(c))).collect();
     max_contig(&partial)
 }
 
@@ -259,7 +270,8 @@ pub fn softmax_rows(x: &[f32], n: usize, log: bool) -> Result<Vec<f32>> {
             let ls = sum_exp(xr, m).ln();
             o.iter_mut().zip(xr).for_each(|(o, &v)| *o = (v - m) - ls);
         } else {
-            o.iter_mut().zip(xr).for_each(|(o, &v)| *o = simd::exp(v - m));
+            o.iter_mut().zip(xr).for_each(|(o, &v)| *o = v - m);
+            simd::exp_inplace(o);
             let inv = (1.0 / block_sum(o)) as f32;
             o.iter_mut().for_each(|o| *o *= inv);
         }
@@ -290,9 +302,7 @@ fn narrow_softmax_rows(x: &[f32], out: &mut [f32], n: usize, log: bool) {
                 for ((orow, xrow), &m) in ob.chunks_mut(n).zip(xb.chunks(n)).zip(&ms[..rows]) {
                     orow.iter_mut().zip(xrow).for_each(|(o, &v)| *o = v - m);
                 }
-                for v in ob.iter_mut() {
-                    *v = simd::exp(*v);
-                }
+                simd::exp_inplace(ob);
                 for r in 0..rows {
                     let row = &mut ob[r * n..(r + 1) * n];
                     let s: f32 = row.iter().sum();

@@ -16,6 +16,10 @@ macro_rules! unary_ops {
     ($( $pat:pat => f: |$x:ident| $f:expr, vjp: |$xi:ident, $yi:ident, $gi:ident| $df:expr; )*) => {
         /// Forward kernel of a unary op.
         pub fn forward(op: &Op, t: &Tensor) -> Result<Tensor> {
+            if let Op::Exp = op {
+                // the same bits as its row's `simd::exp`, from a kernel with AVX-512 scaling
+                return Tensor::new(map::unary_slices(t.data(), simd::exp_into)?, t.shape.clone());
+            }
             let data = match *op {
                 $( $pat => map::unary(t.data(), #[inline(always)] |$x: f32| $f)?, )*
                 _ => unreachable!("not a unary op"),
