@@ -837,6 +837,36 @@ def test_long_axis_reductions_are_thread_count_independent(shape, axis, rng, thr
     close(got[1][1], a.max(axis=axis))
 
 
+def test_outputs_larger_than_the_cache_are_streamed_exactly(rng, threads):
+    """Unary maps whose output exceeds 3/4 of the last-level cache write it with non-temporal
+    stores from L1-sized blocks: every element (unaligned head, blocks, tail) must be written,
+    with the same bits as the in-cache path and at any thread count."""
+    n = _core.stream_min_bytes() // 4 + 1003
+    if n > 80_000_000:
+        pytest.skip(f"last-level cache too large to test the streamed path cheaply ({n} floats)")
+    a = rng.standard_normal(n).astype(F32) * 30
+    a[[0, 17, n // 2, n - 1]] = [np.nan, np.inf, -np.inf, 100.0]
+    small = a[:40_000]  # below the threshold: plain stores
+    got = {}
+    for t in (1, 2):
+        bg.set_num_threads(t)
+        # a sliced input (offset by 3 floats) moves the output blocks against the input's alignment
+        x = bg.tensor(a)
+        got[t] = [f(x).numpy().copy() for f in (bg.relu, bg.exp, bg.tanh)] + [bg.exp(x[3:]).numpy().copy()]
+    for g1, g2 in zip(got[1], got[2]):
+        assert np.array_equal(g1, g2, equal_nan=True)
+    relu, ex, th, ex3 = got[1]
+    assert np.array_equal(relu[1:], np.maximum(a[1:], 0)) and np.isnan(relu[0])
+    assert np.array_equal(ex3, ex[3:], equal_nan=True)
+    with np.errstate(over="ignore"):
+        close(ex[1:], np.exp(a[1:].astype(np.float64)).astype(F32), 4e-7, 1e-44)  # overflow: inf in float32
+    close(th[1:], np.tanh(a[1:].astype(np.float64)), 4e-7, 1e-7)
+    assert np.isnan(ex[0]) and np.isnan(th[0])
+    # the streamed and the cached paths give the same bits
+    assert np.array_equal(bg.exp(bg.tensor(small)).numpy(), ex[:40_000], equal_nan=True)
+    assert np.array_equal(bg.tanh(bg.tensor(small)).numpy(), th[:40_000], equal_nan=True)
+
+
 @pytest.mark.parametrize("n_threads", [1, 2])
 def test_large_inputs_match_numpy(n_threads, rng, threads):
     bg.set_num_threads(n_threads)

@@ -244,6 +244,12 @@ fn simd_level() -> &'static str {
     crate::kernels::simd_level()
 }
 
+/// Outputs of at least this many bytes are written with non-temporal stores (3/4 of the LLC).
+#[pyfunction]
+fn stream_min_bytes() -> usize {
+    crate::kernels::simd::stream_min_bytes()
+}
+
 /// A flat program of registry ops (the tape exported), replayable on the CPU executor.
 #[pyclass(name = "Program", module = "batchgrad._core", frozen)]
 pub struct PyProgram(Program);
@@ -408,6 +414,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(set_num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(get_num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(simd_level, m)?)?;
+    m.add_function(wrap_pyfunction!(stream_min_bytes, m)?)?;
     optim::register(m)?;
     Ok(())
 }
