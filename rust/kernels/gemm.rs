@@ -32,6 +32,10 @@ pub fn matmul(a: &Operand, b: &Operand, a_off: &[usize], b_off: &[usize], m: usi
 /// Up to this many rows, A·Bᵀ runs row by row (see `matmul_into`).
 const ROWWISE_NT_MAX: usize = 12;
 
+/// From this many rows, A·Bᵀ transposes B and runs A·B (below, the transpose costs more than the
+/// row-wise products save: 4x256 @ (256x256)ᵀ 48 -> 35 GFLOP/s).
+const NT_TRANSPOSE_MIN_ROWS: usize = 8;
+
 /// Products of at least this many flops are split across the pool's threads.
 pub const PAR_MIN_FLOPS: usize = 1 << 22;
 
@@ -104,6 +108,58 @@ pub fn matmul_into(out: &mut [f32], e: Epilogue, a: &Operand, b: &Operand, a_off
         });
         return;
     }
+    // Products too small to split across threads (< PAR_MIN_FLOPS) with 13+ rows keep the row
+    // dot-product kernel below, which splits by rows: at 2 threads it is faster than a transpose
+    // and A·B on one thread (16x256 @ (256x256)ᵀ 86 vs 73 GFLOP/s), and equal at 1. The choice
+    // depends on the shape only, never on the thread count, so results do not either.
+    let dot = flops < PAR_MIN_FLOPS && thin::nt_applies(m, k, &view(a, 0, a_rs, a_cs), &view(b, 0, b_rs, b_cs));
+    if b_rs == 1 && a_cs == 1 && m >= NT_TRANSPOSE_MIN_ROWS && n >= 16 && k >= 16 && !dot {
+        // A·Bᵀ (dX = G·Wᵀ): the packed kernel is fast only for a row-major B (32x256 @ (256x256)ᵀ
+        // at 1 thread: 46 GFLOP/s as A·Bᵀ, 112 as A·B), so B is transposed first (16x16 AVX-512
+        // tiles, in cache: 7 us for 256x256), then multiplied as A·B: 93 GFLOP/s all in (torch 87).
+        let par = threads > 1 && flops >= PAR_MIN_FLOPS;
+        if par && batch == 1 && flops < (1 << 30) && n >= 32 * threads {
+            // one block of C's columns per thread, each transposing only its own rows of B (one
+            // fork-join; the transposes run in parallel with no barrier before the products)
+            let chunk = n.div_ceil(threads).next_multiple_of(16);
+            let dp = SendPtr(out.as_mut_ptr());
+            let (a0, b0) = (a_off[0], b_off[0]);
+            pool().install(|| {
+                (0..n.div_ceil(chunk)).into_par_iter().for_each(|c| {
+                    let (j0, len) = (c * chunk, chunk.min(n - c * chunk));
+                    let mut bt = alloc_for_overwrite(k * len).expect("transposed block of B");
+                    super::movement::transpose(&mut bt, &b.data[b0 + j0 * b.cols..], len, k, b.cols);
+                    let dp = &dp;
+                    // SAFETY: block c writes only columns j0..j0+len of C; A and bt are read-only
+                    unsafe {
+                        gemm(
+                            m, len, k,
+                            dp.0.add(j0), 1, n as isize, e.accumulate,
+                            a.data.as_ptr().add(a0), a_cs, a_rs,
+                            bt.as_ptr(), 1, len as isize,
+                            e.alpha, e.beta, false, false, false, Parallelism::None,
+                        )
+                    }
+                    crate::tensor::recycle(bt);
+                })
+            });
+            return;
+        }
+        // larger products: B transposed by all threads, then A·B with the usual threading, all in
+        // one visit to the pool
+        let mut bt = alloc_for_overwrite(k * n).expect("transposed operand (k x n floats, at most B's size)");
+        let mut run = || {
+            for (i, dst) in out.chunks_mut(m * n).enumerate() {
+                let src = &b.data[b_off[i]..];
+                if par { super::movement::transpose_par(&mut bt, src, n, k, b.cols) } else { super::movement::transpose(&mut bt, src, n, k, b.cols) }
+                let bt_op = Operand { data: &bt, rows: k, cols: n, trans: false };
+                matmul_into(dst, e, a, &bt_op, &a_off[i..i + 1], &[0], m, k, n);
+            }
+        };
+        if par { pool().install(run) } else { run() }
+        crate::tensor::recycle(bt);
+        return;
+    }
     if thin::nt_applies(m, k, &view(a, 0, a_rs, a_cs), &view(b, 0, b_rs, b_cs)) {
         // A·Bᵀ with 13-128 rows (dX = G·Wᵀ at batch 13-128): row dot products, no packing (the
         // crate packs Bᵀ column by column: 32x256 @ (256x256)ᵀ 46 -> 84 GFLOP/s at 1 thread,
@@ -144,7 +200,7 @@ pub fn matmul_into(out: &mut [f32], e: Epilogue, a: &Operand, b: &Operand, a_off
     // C is wide) per thread, each a serial product; every element's sum over k is the same serial
     // kernel's either way, so results do not depend on the split (tests/test_ops.py checks).
     let split_dim = if n >= m { n } else { m };
-    if threads > 1 && batch == 1 && !rowwise && flops >= PAR_MIN_FLOPS && (small || k < 64 || (b_cs != 1 && flops < (1 << 30))) && split_dim >= 32 * threads {
+    if threads > 1 && batch == 1 && !rowwise && (flops >= PAR_MIN_FLOPS || (k < 64 && flops >= PAR_MIN_FLOPS / 2)) && (small || k < 64 || (b_cs != 1 && flops < (1 << 30))) && split_dim >= 32 * threads {
         let cols = n >= m;
         let chunk = split_dim.div_ceil(threads).next_multiple_of(16);
         let (dp, ap, bp) = (SendPtr(out.as_mut_ptr()), SendPtr(a.data.as_ptr() as *mut f32), SendPtr(b.data.as_ptr() as *mut f32));
