@@ -29,8 +29,9 @@ pub fn matmul(a: &Operand, b: &Operand, a_off: &[usize], b_off: &[usize], m: usi
     Ok(out)
 }
 
-/// Up to this many rows, A·Bᵀ runs row by row (see `matmul_into`).
-const ROWWISE_NT_MAX: usize = 12;
+/// Up to this many rows, A·Bᵀ runs row by row (see `matmul_into`); from 3 rows the 4-row dot
+/// product kernel is faster (2 rows: 45 vs 36 GFLOP/s, 4 rows: 49 vs 69).
+const ROWWISE_NT_MAX: usize = 2;
 
 /// From this many rows, A·Bᵀ transposes B and runs A·B (below, the transpose costs more than the
 /// row-wise products save: 4x256 @ (256x256)ᵀ 48 -> 35 GFLOP/s).
@@ -63,7 +64,9 @@ pub fn matmul_into(out: &mut [f32], e: Epilogue, a: &Operand, b: &Operand, a_off
     // A few rows times a transposed B (dX = G Wᵀ in every backward): the crate's general kernel
     // is 8-13x slower here than its matrix-vector path (benches/kernels.rs `gemm_thin`), so such a
     // product runs as one matrix-vector product per row.
-    let rowwise = b_cs != 1 && (2..=ROWWISE_NT_MAX).contains(&m) && k >= 64;
+    // (without AVX-512 the dot-product kernel is not there, and row-wise stays up to 12 rows)
+    let rowwise_max = if super::simd::level() == 2 { ROWWISE_NT_MAX } else { 12 };
+    let rowwise = b_cs != 1 && (2..=rowwise_max).contains(&m) && k >= 64;
     let one = |dst: &mut [f32], ao: usize, bo: usize, par: Parallelism| unsafe {
         if rowwise {
             for r in 0..m {
@@ -161,9 +164,9 @@ pub fn matmul_into(out: &mut [f32], e: Epilogue, a: &Operand, b: &Operand, a_off
         return;
     }
     if thin::nt_applies(m, k, &view(a, 0, a_rs, a_cs), &view(b, 0, b_rs, b_cs)) {
-        // A·Bᵀ with 13-128 rows (dX = G·Wᵀ at batch 13-128): row dot products, no packing (the
-        // crate packs Bᵀ column by column: 32x256 @ (256x256)ᵀ 46 -> 84 GFLOP/s at 1 thread,
-        // 25 -> 118 at 2)
+        // A·Bᵀ with 3-128 rows under 4 MFLOP (dX = G·Wᵀ at batch 3-31): row dot products, no
+        // packing (the crate packs Bᵀ column by column: 4x256 @ (256x256)ᵀ 49 -> 69 GFLOP/s at 1
+        // thread, 8 rows 58 -> 76, 4x256 @ (784x256)ᵀ 49 -> 87)
         for (i, dst) in out.chunks_mut(m * n).enumerate() {
             thin::nt_product(dst, &view(a, a_off[i], a_rs, a_cs), &view(b, b_off[i], b_rs, b_cs), m, k, n, e);
         }

@@ -248,12 +248,13 @@ unsafe fn tn_avx512<const N: usize>(out: &mut [f32], a: &View, b: &View, t0: usi
 }
 
 /// Whether `nt_product` takes this product: A (m x k, rows contiguous) · Bᵀ (B stored n x k, rows
-/// contiguous) with 13-128 rows, on a CPU with AVX-512.
+/// contiguous) with 3-128 rows, on a CPU with AVX-512 (`matmul_into` sends it the products under
+/// 4 MFLOP; larger ones transpose B and run A·B).
 pub fn nt_applies(m: usize, k: usize, a: &View, b: &View) -> bool {
-    (13..=128).contains(&m) && k >= 16 && a.cs == 1 && b.rs == 1 && super::simd::level() == 2
+    (3..=128).contains(&m) && k >= 16 && a.cs == 1 && b.rs == 1 && super::simd::level() == 2
 }
 
-/// C (m x n) = epilogue(A · Bᵀ) as dot products of rows (dX = G·Wᵀ at batch 13-128): both
+/// C (m x n) = epilogue(A · Bᵀ) as dot products of rows (dX = G·Wᵀ at batch 3-31): both
 /// operands are read along their contiguous rows, 4 rows of A against 4 rows of B in 16 AVX-512
 /// accumulators. The packed GEMM packs Bᵀ column by column here, which cost more than the product
 /// (32x256 @ (256x256)ᵀ: 46 GFLOP/s against 104 for A·B). Each element is one fixed-order dot
