@@ -455,10 +455,10 @@ def test_matmul_large_is_accurate(rng):
 @pytest.mark.parametrize("m, k, n", [(1, 1, 300), (300, 1, 20), (3, 1, 1), (1, 100, 70), (2, 100, 70), (7, 64, 9),
                                      (12, 130, 33), (13, 130, 33), (8, 10, 256), (5, 3, 2), (2, 2, 2), (17, 65, 3),
                                      (1, 300, 513), (1, 3, 32), (40, 300, 10), (64, 100, 300), (128, 17, 5),
-                                     (8, 40, 50), (200, 33, 47), (130, 300, 70)])
+                                     (8, 40, 50), (200, 33, 47), (130, 300, 70), (37, 256, 10), (9, 16, 16), (3, 20, 1)])
 def test_matmul_kernel_paths_match_numpy(m, k, n, ta, tb, rng):
     """Every kernel path (outer products, row-wise A·Bᵀ for a few rows, row dot products, A·Bᵀ as
-    a transpose of B (16x16 tiles and edges) then A·B, the packed GEMM), through
+    a transpose of B (16x16 tiles and edges) then A·B, narrow A·B, the packed GEMM), through
     the matmul op's transpose flags as the backward pass uses them, and batched."""
     a = rng.standard_normal((k, m) if ta else (m, k)).astype(F32)
     b = rng.standard_normal((n, k) if tb else (k, n)).astype(F32)
@@ -811,7 +811,7 @@ def threads():
                                             (1, 784, 256, False, False), (64, 512, 2048, False, False),
                                             (32, 256, 256, False, True), (100, 50, 30, False, True), (512, 256, 784, False, True),
                                             (8, 256, 784, False, True), (16, 256, 256, False, True), (128, 256, 256, False, True),
-                                            (40, 100, 50, False, True), (512, 10, 256, False, True)])
+                                            (40, 100, 50, False, True), (512, 10, 256, False, True), (1000, 256, 10, False, False)])
 def test_matmul_is_thread_count_independent(m, k, n, ta, tb, rng, threads):
     """Every way a product is split across threads (rows, columns, the crate's own, tiles of the
     narrow AᵀB kernel) gives bit-identical results."""
