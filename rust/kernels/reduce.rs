@@ -96,7 +96,7 @@ fn max_par(x: &[f32], par: bool) -> f32 {
     if !par || x.len() <= 16 * BLOCK {
         return simd::dispatch(#[inline(always)] || max_contig(x));
     }
-    let partial: Vec<f32> = x.par_chunks(16 * BLOCK).with_min_len(4).map(|c| simd::dispatch(#[inline(always)] || max_contig(c))).collect();
+    let partial: Vec<f32> = x.par_chunks(16 * BLOCK).map(|c| simd::dispatch(#[inline(always)] || max_contig(c))).collect();
     max_contig(&partial)
 }
 
