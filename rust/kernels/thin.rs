@@ -67,6 +67,32 @@ pub fn product(dst: &mut [f32], a: &View, b: &View, m: usize, n: usize, e: Epilo
     })
 }
 
+/// Run `run(first_row, rows_of_dst)` over C (m x n): in the pool for large products, one run of
+/// whole `rb`-row blocks per thread, else once over all of C. A row's values never depend on the
+/// split, so results do not depend on the thread count.
+fn by_row_blocks(dst: &mut [f32], m: usize, n: usize, k: usize, rb: usize, run: impl Fn(usize, &mut [f32]) + Sync + Send) {
+    let blocks = m.div_ceil(rb);
+    super::maybe_par(m * n * k / 4, |par| {
+        if par && blocks >= 2 {
+            use rayon::prelude::*;
+            let per = blocks.div_ceil(super::num_threads().max(1)).max(1) * rb;
+            dst.par_chunks_mut(per * n).enumerate().for_each(|(c, out)| run(c * per, out));
+        } else {
+            run(0, dst);
+        }
+    });
+}
+
+/// Store one accumulator vector `c` into the `mk` lanes at `o` with the epilogue.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn store_epilogue(o: *mut f32, mk: u16, c: std::arch::x86_64::__m512, e: Epilogue) {
+    use std::arch::x86_64::*;
+    let (alpha, beta) = (_mm512_set1_ps(e.alpha), _mm512_set1_ps(e.beta));
+    let y = if e.accumulate { _mm512_fmadd_ps(alpha, _mm512_maskz_loadu_ps(mk, o), _mm512_mul_ps(beta, c)) } else { _mm512_mul_ps(beta, c) };
+    _mm512_mask_storeu_ps(o, mk, y);
+}
+
 /// Whether `vm_product` takes this product: one row times a matrix of at least 32 contiguous
 /// columns, on a CPU with AVX-512 (elsewhere the gemm crate's matrix-vector path runs). With 2-4
 /// rows (half-width column tiles) and with fewer columns (too few independent accumulators) the
@@ -112,18 +138,10 @@ unsafe fn vm_avx512<const NV: usize>(dst: &mut [f32], a: &View, b: &View, k: usi
                 *c = _mm512_fmadd_ps(av, _mm512_maskz_loadu_ps(mk, row.add(16 * v)), *c);
             }
         }
-        let (alpha, beta) = (_mm512_set1_ps(e.alpha), _mm512_set1_ps(e.beta));
         for (v, (&c, &mk)) in acc.iter().zip(&mask).enumerate() {
-            if mk == 0 {
-                continue;
+            if mk != 0 {
+                store_epilogue(dp.add(j0 + 16 * v), mk, c, e);
             }
-            let o = dp.add(j0 + 16 * v);
-            let y = if e.accumulate {
-                _mm512_fmadd_ps(alpha, _mm512_maskz_loadu_ps(mk, o), _mm512_mul_ps(beta, c))
-            } else {
-                _mm512_mul_ps(beta, c)
-            };
-            _mm512_mask_storeu_ps(o, mk, y);
         }
         j0 += cols;
     }
@@ -159,16 +177,7 @@ pub fn narrow_product(dst: &mut [f32], a: &View, b: &View, m: usize, k: usize, n
             }
         }
     };
-    let blocks = m.div_ceil(8);
-    super::maybe_par(m * n * k / 4, |par| {
-        if par && blocks >= 2 {
-            use rayon::prelude::*;
-            let per = blocks.div_ceil(super::num_threads().max(1)).max(1) * 8;
-            dst.par_chunks_mut(per * n).enumerate().for_each(|(c, out)| run(c * per, out));
-        } else {
-            run(0, dst);
-        }
-    });
+    by_row_blocks(dst, m, n, k, 8, run);
 }
 
 /// R output rows (starting at A's row `i0`) of `narrow_product` into `out`'s first R rows.
@@ -187,11 +196,8 @@ unsafe fn narrow_avx512<const R: usize>(out: &mut [f32], a: &View, b: &View, i0:
             acc[r] = _mm512_fmadd_ps(_mm512_set1_ps(*arow[r].add(p)), bv, acc[r]);
         }
     }
-    let (alpha, beta) = (_mm512_set1_ps(e.alpha), _mm512_set1_ps(e.beta));
     for (r, &c) in acc.iter().enumerate() {
-        let o = out.as_mut_ptr().add(r * n);
-        let y = if e.accumulate { _mm512_fmadd_ps(alpha, _mm512_maskz_loadu_ps(mk, o), _mm512_mul_ps(beta, c)) } else { _mm512_mul_ps(beta, c) };
-        _mm512_mask_storeu_ps(o, mk, y);
+        store_epilogue(out.as_mut_ptr().add(r * n), mk, c, e);
     }
 }
 
@@ -335,16 +341,7 @@ pub fn nt_product(dst: &mut [f32], a: &View, b: &View, m: usize, k: usize, n: us
             nt_avx512(out, a, b, i0, out.len() / n, k, n, e)
         }
     };
-    let blocks = m.div_ceil(4);
-    super::maybe_par(m * n * k / 4, |par| {
-        if par && blocks >= 2 {
-            use rayon::prelude::*;
-            let per = blocks.div_ceil(super::num_threads().max(1)).max(1) * 4;
-            dst.par_chunks_mut(per * n).enumerate().for_each(|(c, out)| run(c * per, out));
-        } else {
-            run(0, dst);
-        }
-    });
+    by_row_blocks(dst, m, n, k, 4, run);
 }
 
 /// The 16 horizontal sums of a 4 x 4 block of accumulators as one vector (lane 4r + c = the sum of
