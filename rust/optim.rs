@@ -30,9 +30,10 @@ const PAR_THRESHOLD: usize = 1 << 16;
 /// Go parallel only for long buffers and only when already running inside a rayon pool (the
 /// caller decides: the Python layer installs into the crate's pool for large updates and runs
 /// small ones inline, so no other pool is ever started and no handoff is paid for tiny work).
+/// The returned guard marks a rayon region, so the kernels' spinning team parks meanwhile.
 #[inline]
-fn par(n: usize) -> bool {
-    n >= PAR_THRESHOLD && rayon::current_thread_index().is_some()
+fn par(n: usize) -> Option<crate::kernels::team::RayonRegion> {
+    (n >= PAR_THRESHOLD && rayon::current_thread_index().is_some()).then(crate::kernels::team::RayonRegion::enter)
 }
 /// Fixed block size of the [`sum_sq`] reduction.
 const SUM_BLOCK: usize = 4096;
@@ -157,7 +158,7 @@ pub fn sgd(
         first,
         maximize,
     };
-    if par(n) {
+    if let Some(_region) = par(n) {
         let work: Vec<_> = p
             .chunks_mut(CHUNK)
             .zip(g.chunks(CHUNK))
@@ -289,7 +290,7 @@ pub fn adam(
         bc2_sqrt: bias_correction2.sqrt() as f32,
         maximize,
     };
-    if par(n) {
+    if let Some(_region) = par(n) {
         let work: Vec<_> = p
             .chunks_mut(CHUNK)
             .zip(g.chunks(CHUNK))
@@ -430,7 +431,7 @@ pub fn rmsprop(
         momentum,
         maximize,
     };
-    if par(n) {
+    if let Some(_region) = par(n) {
         let work: Vec<_> = p
             .chunks_mut(CHUNK)
             .zip(g.chunks(CHUNK))
@@ -494,7 +495,7 @@ pub fn adagrad(
         eps,
         maximize,
     };
-    if par(n) {
+    if let Some(_region) = par(n) {
         p.par_chunks_mut(CHUNK)
             .zip(g.par_chunks(CHUNK))
             .zip(sum.par_chunks_mut(CHUNK))
@@ -530,7 +531,7 @@ fn block_sum_sq(x: &[f32]) -> f64 {
 /// Sum of squares of a slice in f64 with a FIXED reduction order independent of thread count
 /// (fixed-size blocks of 4096 summed serially inside, block partials summed in order) — used by clip_grad_norm_.
 pub fn sum_sq(x: &[f32]) -> f64 {
-    if par(x.len()) {
+    if let Some(_region) = par(x.len()) {
         let partials: Vec<f64> = x.par_chunks(SUM_BLOCK).map(block_sum_sq).collect();
         partials.iter().fold(0.0, |a, &b| a + b)
     } else {
@@ -546,7 +547,7 @@ fn scale_kernel(x: &mut [f32], s: f32) {
 
 /// x *= s in place (used by gradient clipping).
 pub fn scale_inplace(x: &mut [f32], s: f32) {
-    if par(x.len()) {
+    if let Some(_region) = par(x.len()) {
         x.par_chunks_mut(CHUNK).for_each(|c| scale_kernel(c, s));
     } else {
         scale_kernel(x, s);

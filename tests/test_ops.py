@@ -811,7 +811,10 @@ def threads():
                                             (1, 784, 256, False, False), (64, 512, 2048, False, False),
                                             (32, 256, 256, False, True), (100, 50, 30, False, True), (512, 256, 784, False, True),
                                             (8, 256, 784, False, True), (16, 256, 256, False, True), (128, 256, 256, False, True),
-                                            (40, 100, 50, False, True), (512, 10, 256, False, True), (1000, 256, 10, False, False)])
+                                            (40, 100, 50, False, True), (512, 10, 256, False, True), (1000, 256, 10, False, False),
+                                            (8, 784, 256, False, False), (8, 256, 256, False, False), (256, 256, 256, False, False),
+                                            (512, 784, 256, False, False), (784, 512, 256, True, False), (1024, 1024, 1024, False, False),
+                                            (4096, 256, 784, False, True), (256, 4096, 256, True, False)])
 def test_matmul_is_thread_count_independent(m, k, n, ta, tb, rng, threads):
     """Every way a product is split across threads (rows, columns, the crate's own, tiles of the
     narrow AᵀB kernel) gives bit-identical results."""

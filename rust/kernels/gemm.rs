@@ -6,7 +6,7 @@ use rayon::prelude::*;
 
 pub use super::thin::Epilogue;
 use super::thin;
-use super::{num_threads, pool};
+use super::num_threads;
 use crate::error::Result;
 use crate::tensor::{alloc, alloc_for_overwrite};
 
@@ -44,6 +44,10 @@ const NARROW_MAX_FLOPS: usize = 1 << 23;
 
 /// Products of at least this many flops are split across the pool's threads.
 pub const PAR_MIN_FLOPS: usize = 1 << 22;
+/// Products from this size are split by hand across the spinning team (`team.rs`), one block of
+/// C per thread: with a ~1 us fork-join, 2 threads pay from 1 MFLOP (8x784 @ 784x256 at 2
+/// threads: 95 -> 146 GFLOP/s, 16x256 @ 256x256: 95 -> 155).
+pub const SPLIT_MIN_FLOPS: usize = 1 << 20;
 
 fn view<'a>(x: &Operand<'a>, off: usize, rs: isize, cs: isize) -> thin::View<'a> {
     thin::View { data: x.data, off, rs, cs }
@@ -132,8 +136,7 @@ pub fn matmul_into(out: &mut [f32], e: Epilogue, a: &Operand, b: &Operand, a_off
             let chunk = n.div_ceil(threads).next_multiple_of(16);
             let dp = SendPtr(out.as_mut_ptr());
             let (a0, b0) = (a_off[0], b_off[0]);
-            pool().install(|| {
-                (0..n.div_ceil(chunk)).into_par_iter().for_each(|c| {
+            super::run_blocks(n.div_ceil(chunk), |c| {
                     let (j0, len) = (c * chunk, chunk.min(n - c * chunk));
                     let mut bt = alloc_for_overwrite(k * len).expect("transposed block of B");
                     super::movement::transpose(&mut bt, &b.data[b0 + j0 * b.cols..], len, k, b.cols);
@@ -149,7 +152,6 @@ pub fn matmul_into(out: &mut [f32], e: Epilogue, a: &Operand, b: &Operand, a_off
                         )
                     }
                     crate::tensor::recycle(bt);
-                })
             });
             return;
         }
@@ -164,7 +166,7 @@ pub fn matmul_into(out: &mut [f32], e: Epilogue, a: &Operand, b: &Operand, a_off
                 matmul_into(dst, e, a, &bt_op, &a_off[i..i + 1], &[0], m, k, n);
             }
         };
-        if par { pool().install(run) } else { run() }
+        if par { super::install(run) } else { run() }
         crate::tensor::recycle(bt);
         return;
     }
@@ -208,21 +210,21 @@ pub fn matmul_into(out: &mut [f32], e: Epilogue, a: &Operand, b: &Operand, a_off
     }
     // split a product across threads only when each thread gets several MFLOP and a real panel
     let small = flops < (1 << 23) || m.min(n) < 16;
-    // Split by hand, only where the crate's own threading loses: products it runs serially (4-8
-    // MFLOP, a minibatch's products at batch 32), an inner dimension under 64 (784x32 @ 32x256
-    // with the SGD epilogue at 2 threads: 182 us, vs 130 on one) and A·Bᵀ under 1 GFLOP (dX = G·Wᵀ,
-    // 512x256 @ (784x256)ᵀ: 151-172 GFLOP/s, 187-196 split). Elsewhere the crate's threading is
-    // better (256^3: 187 vs 148 GFLOP/s split). C is cut into one block of rows (or of columns when
-    // C is wide) per thread, each a serial product; every element's sum over k is the same serial
-    // kernel's either way, so results do not depend on the split (tests/test_ops.py checks).
+    // A single product from 1 MFLOP at 2+ threads is split by hand on the spinning team: C is cut
+    // into one block of rows (or of columns when C is wide) per thread, each a serial crate
+    // product. Through rayon, this fork-join cost 30+ us on this VM and won only where the crate's
+    // own threading lost (4-8 MFLOP products, k < 64, A·Bᵀ); on the team it costs ~1 us and beats
+    // the crate's threading at every size measured (2 threads, GFLOP/s, crate -> team: 256^3
+    // 189 -> 210, 512x784 @ 784x256 205 -> 217, (512x784)ᵀ @ 512x256 193 -> 201, 1024^3 and
+    // 4096 rows equal). Every element's sum over k is the same serial kernel's either way, so
+    // results do not depend on the split (tests/test_ops.py checks, up to 1024^3).
     let split_dim = if n >= m { n } else { m };
-    if threads > 1 && batch == 1 && !rowwise && (flops >= PAR_MIN_FLOPS || (k < 64 && flops >= PAR_MIN_FLOPS / 2)) && (small || k < 64 || (b_cs != 1 && flops < (1 << 30))) && split_dim >= 32 * threads {
+    if threads > 1 && batch == 1 && !rowwise && flops >= SPLIT_MIN_FLOPS && split_dim >= 32 * threads {
         let cols = n >= m;
         let chunk = split_dim.div_ceil(threads).next_multiple_of(16);
         let (dp, ap, bp) = (SendPtr(out.as_mut_ptr()), SendPtr(a.data.as_ptr() as *mut f32), SendPtr(b.data.as_ptr() as *mut f32));
         let (a0, b0) = (a_off[0], b_off[0]);
-        pool().install(|| {
-            (0..split_dim.div_ceil(chunk)).into_par_iter().for_each(|c| {
+        super::run_blocks(split_dim.div_ceil(chunk), |c| {
                 let (s0, len) = (c * chunk, chunk.min(split_dim - c * chunk));
                 let (dp, ap, bp) = (&dp, &ap, &bp);
                 // SAFETY: block c writes only its own rows / columns of C; A and B are read-only
@@ -245,7 +247,6 @@ pub fn matmul_into(out: &mut [f32], e: Epilogue, a: &Operand, b: &Operand, a_off
                         )
                     }
                 }
-            });
         });
         return;
     }
@@ -255,11 +256,11 @@ pub fn matmul_into(out: &mut [f32], e: Epilogue, a: &Operand, b: &Operand, a_off
         }
     } else if batch >= threads * 2 && m * n * k <= (1 << 21) {
         // many small matrices: one thread per matrix
-        pool().install(|| {
+        super::install(|| {
             out.par_chunks_mut(m * n).enumerate().for_each(|(i, dst)| one(dst, a_off[i], b_off[i], Parallelism::None));
         });
     } else {
-        pool().install(|| {
+        super::install(|| {
             for (i, dst) in out.chunks_mut(m * n).enumerate() {
                 one(dst, a_off[i], b_off[i], Parallelism::Rayon(threads));
             }
@@ -268,7 +269,7 @@ pub fn matmul_into(out: &mut [f32], e: Epilogue, a: &Operand, b: &Operand, a_off
 }
 
 /// A raw pointer handed to the pool's tasks (each writes a disjoint block).
-struct SendPtr(*mut f32);
-// SAFETY: used only for disjoint writes / shared reads inside one `pool().install`
+pub(crate) struct SendPtr(pub(crate) *mut f32);
+// SAFETY: used only for disjoint writes / shared reads inside one fork-join
 unsafe impl Send for SendPtr {}
 unsafe impl Sync for SendPtr {}

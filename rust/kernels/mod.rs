@@ -13,6 +13,7 @@ pub mod map;
 pub mod movement;
 pub mod reduce;
 pub mod simd;
+pub mod team;
 pub mod thin;
 
 /// Below this many elements a kernel runs serially: a fork-join into the pool costs ~10 us here,
@@ -44,6 +45,25 @@ pub fn pool() -> Arc<ThreadPool> {
     pool_slot().read().unwrap().clone()
 }
 
+/// Run `f` in the crate's rayon pool as a parallel region: the spinning team's helpers park
+/// while it runs, so the two never fight over cores.
+pub fn install<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    let _region = team::RayonRegion::enter();
+    pool().install(f)
+}
+
+fn team_slot() -> &'static RwLock<Arc<team::Team>> {
+    static TEAM: OnceLock<RwLock<Arc<team::Team>>> = OnceLock::new();
+    TEAM.get_or_init(|| RwLock::new(Arc::new(team::Team::new(num_threads()))))
+}
+
+/// Run `f(i)` for `i < blocks` on the spinning team (one static block per thread: the
+/// hand-split products), sized like the pool. See `team.rs`.
+pub fn run_blocks(blocks: usize, f: impl Fn(usize) + Sync) {
+    let t = team_slot().read().unwrap().clone();
+    t.run(blocks, &f)
+}
+
 /// Number of threads kernels use.
 pub fn num_threads() -> usize {
     pool().current_num_threads()
@@ -55,6 +75,10 @@ pub fn set_num_threads(n: usize) {
     if num_threads() != n {
         *pool_slot().write().unwrap() = Arc::new(build_pool(n));
     }
+    let mut t = team_slot().write().unwrap();
+    if t.threads() != n {
+        *t = Arc::new(team::Team::new(n));
+    }
 }
 
 /// Run `f` in the pool when the work is large and more than one thread is configured;
@@ -64,6 +88,7 @@ pub fn maybe_par<R: Send>(work: usize, f: impl FnOnce(bool) -> R + Send) -> R {
     if work >= PAR_MIN_LEN {
         let p = pool();
         if p.current_num_threads() > 1 {
+            let _region = team::RayonRegion::enter();
             return p.install(|| f(true));
         }
     }

@@ -72,15 +72,23 @@ pub fn product(dst: &mut [f32], a: &View, b: &View, m: usize, n: usize, e: Epilo
 /// split, so results do not depend on the thread count.
 fn by_row_blocks(dst: &mut [f32], m: usize, n: usize, k: usize, rb: usize, run: impl Fn(usize, &mut [f32]) + Sync + Send) {
     let blocks = m.div_ceil(rb);
-    super::maybe_par(m * n * k / 4, |par| {
-        if par && blocks >= 2 {
-            use rayon::prelude::*;
-            let per = blocks.div_ceil(super::num_threads().max(1)).max(1) * rb;
-            dst.par_chunks_mut(per * n).enumerate().for_each(|(c, out)| run(c * per, out));
-        } else {
-            run(0, dst);
-        }
-    });
+    let threads = super::num_threads();
+    if 2 * m * n * k >= super::gemm::SPLIT_MIN_FLOPS && threads > 1 && blocks >= 2 {
+        // one block of rows per thread on the spinning team
+        let per = blocks.div_ceil(threads) * rb;
+        let dp = super::gemm::SendPtr(dst.as_mut_ptr());
+        let len = dst.len();
+        super::run_blocks(m.div_ceil(per), |c| {
+            let dp = &dp;
+            let (r0, r1) = (c * per, ((c + 1) * per).min(m));
+            // SAFETY: block c writes only its own rows r0..r1 of dst
+            let out = unsafe { std::slice::from_raw_parts_mut(dp.0.add(r0 * n), (r1 - r0) * n) };
+            debug_assert!(r1 * n <= len);
+            run(r0, out);
+        });
+    } else {
+        run(0, dst);
+    }
 }
 
 /// Store one accumulator vector `c` into the `mk` lanes at `o` with the epilogue.

@@ -66,7 +66,7 @@ pub fn update_vars(rule: &Rule, params: &[Var], states: &[Option<Vec<Var>>], gra
     if work < PAR_MIN_LEN || num_threads() == 1 {
         run()
     } else {
-        pool().install(run)
+        crate::kernels::install(run)
     }
     Ok(())
 }
