@@ -20,7 +20,7 @@ use std::hint::black_box;
 use batchgrad::kernels::gemm::{matmul, Operand};
 use batchgrad::kernels::map::{binary, unary, View};
 use batchgrad::kernels::reduce::{reduce3, softmax_rows, Reduce};
-use batchgrad::kernels::{set_num_threads, simd};
+use batchgrad::kernels::{install, run_blocks, set_num_threads, simd};
 use batchgrad::shape::{broadcast_strides, strides};
 use batchgrad::Tensor;
 use common::config;
@@ -348,9 +348,53 @@ fn reductions(c: &mut Criterion) {
     g.finish();
 }
 
+/// A fork-join of 2 blocks of ~20 us each (a hand-split 8 MFLOP product per thread) at 2
+/// threads: serial, through the rayon pool (`install` + `join`), and on the spinning team
+/// (`run_blocks`). The time above one block's is the fork-join's cost. `_gap5us` variants wait
+/// 5 us (untimed) between calls, as a Python caller does between two products; back to back,
+/// rayon's workers never get the chance to fall asleep.
+fn fork_join(c: &mut Criterion) {
+    use std::time::{Duration, Instant};
+    let mut g = c.benchmark_group("fork_join");
+    set_num_threads(2);
+    let work = |seed: u64| {
+        // ~20 us of dependent integer work, kept alive by black_box
+        let mut x = seed;
+        for i in 0..black_box(18_000u64) {
+            x = black_box(x.wrapping_mul(6364136223846793005).wrapping_add(i));
+        }
+        x
+    };
+    let rayon_fj = || install(|| rayon::join(|| work(1), || work(2)));
+    let team_fj = || {
+        run_blocks(2, |i| {
+            black_box(work(i as u64));
+        })
+    };
+    let gapped = |f: &dyn Fn(), iters: u64| {
+        let mut total = Duration::ZERO;
+        for _ in 0..iters {
+            let t = Instant::now();
+            while t.elapsed() < Duration::from_micros(5) {
+                std::hint::spin_loop();
+            }
+            let t = Instant::now();
+            f();
+            total += t.elapsed();
+        }
+        total
+    };
+    g.bench_function("one_block", |bch| bch.iter(|| work(1)));
+    g.bench_function("rayon_install_join_t2", |bch| bch.iter(rayon_fj));
+    g.bench_function("team_run_blocks_t2", |bch| bch.iter(team_fj));
+    g.bench_function("rayon_install_join_t2_gap5us", |bch| bch.iter_custom(|n| gapped(&|| { black_box(rayon_fj()); }, n)));
+    g.bench_function("team_run_blocks_t2_gap5us", |bch| bch.iter_custom(|n| gapped(&team_fj, n)));
+    g.finish();
+}
+
 criterion_group! {
     name = benches;
     config = config();
-    targets = gemm_square, gemm_mlp, gemm_thin, fused, elementwise, reductions
+    targets = gemm_square, gemm_mlp, gemm_thin, fused, elementwise, reductions, fork_join
 }
 criterion_main!(benches);
