@@ -921,3 +921,33 @@ def test_set_num_threads_rejects_bad_values(threads):
     for bad in (0, -1, 1.5, "2"):
         with pytest.raises(ValueError):
             bg.set_num_threads(bad)
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs os.fork")
+def test_a_forked_child_computes_in_parallel_without_hanging(rng, threads, tmp_path):
+    """Threads do not survive fork(): the child rebuilds the pool and the spinning team on first
+    use instead of waiting forever for the parent's workers (as torch's DataLoader workers fork)."""
+    import os
+    import time
+
+    bg.set_num_threads(2)
+    a, b = rng.standard_normal((64, 256)).astype(F32), rng.standard_normal((256, 256)).astype(F32)
+    x = rng.standard_normal(1 << 20).astype(F32)
+    ta, tb, tx = bg.tensor(a), bg.tensor(b), bg.tensor(x)
+    want = [(ta @ tb).numpy(), (tx * tx + tx).numpy(), np.array([(ta @ tb.T).sum().item()], F32)]  # team, rayon, both
+    out = tmp_path / "child.bin"
+    pid = os.fork()
+    if pid == 0:  # child: compute the same things, write the bytes, exit without cleanup
+        try:
+            got = [(ta @ tb).numpy(), (tx * tx + tx).numpy(), np.array([(ta @ tb.T).sum().item()], F32)]
+            out.write_bytes(b"".join(g.tobytes() for g in got))
+        finally:
+            os._exit(0)
+    deadline = time.monotonic() + 60
+    while os.waitpid(pid, os.WNOHANG) == (0, 0):
+        if time.monotonic() > deadline:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+            pytest.fail("the forked child hung in a parallel kernel")
+        time.sleep(0.01)
+    assert out.read_bytes() == b"".join(g.tobytes() for g in want)

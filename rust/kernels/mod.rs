@@ -4,7 +4,8 @@
 //! (for tiny minibatch ops the fork-join costs more than the work); larger work runs on one
 //! crate-owned rayon pool sized by `set_num_threads` / `BATCHGRAD_NUM_THREADS`. Reductions use a
 //! fixed partition of the data, so results are bit-identical whatever the thread count.
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Once, OnceLock, RwLock};
 
 use rayon::{ThreadPool, ThreadPoolBuilder};
 
@@ -20,15 +21,60 @@ pub mod thin;
 /// more than a memory-bound pass over fewer than ~256K floats (benches/RESULTS.md, section 5).
 pub const PAR_MIN_LEN: usize = 1 << 18;
 
-fn pool_slot() -> &'static RwLock<Arc<ThreadPool>> {
-    static POOL: OnceLock<RwLock<Arc<ThreadPool>>> = OnceLock::new();
+/// Bumped in a child process after `fork()`. Threads do not survive a fork, so a child that
+/// used the parent's pool or team would wait forever for workers it does not have; instead
+/// both are rebuilt on first use in the child (the parent's copies are leaked, never joined:
+/// their threads do not exist there).
+static FORK_GEN: AtomicUsize = AtomicUsize::new(0);
+
+extern "C" fn after_fork_in_child() {
+    FORK_GEN.fetch_add(1, Ordering::Relaxed);
+}
+
+/// One per process: the value and the fork generation it was built in.
+struct PerProcess<T> {
+    gen: usize,
+    value: Arc<T>,
+}
+
+impl<T> PerProcess<T> {
+    fn new(value: T) -> RwLock<PerProcess<T>> {
+        static ATFORK: Once = Once::new();
+        // SAFETY: the handler only bumps an atomic (async-signal-safe)
+        ATFORK.call_once(|| unsafe {
+            libc::pthread_atfork(None, None, Some(after_fork_in_child));
+        });
+        RwLock::new(PerProcess { gen: FORK_GEN.load(Ordering::Relaxed), value: Arc::new(value) })
+    }
+}
+
+/// The slot's value, rebuilt with `rebuild(&old)` if it came from before a fork.
+fn current<T>(slot: &RwLock<PerProcess<T>>, rebuild: impl FnOnce(&T) -> T) -> Arc<T> {
+    let gen = FORK_GEN.load(Ordering::Relaxed);
+    {
+        let s = slot.read().unwrap_or_else(|e| e.into_inner());
+        if s.gen == gen {
+            return s.value.clone();
+        }
+    }
+    let mut s = slot.write().unwrap_or_else(|e| e.into_inner());
+    if s.gen != gen {
+        let fresh = Arc::new(rebuild(&s.value));
+        std::mem::forget(std::mem::replace(&mut s.value, fresh));
+        s.gen = gen;
+    }
+    s.value.clone()
+}
+
+fn pool_slot() -> &'static RwLock<PerProcess<ThreadPool>> {
+    static POOL: OnceLock<RwLock<PerProcess<ThreadPool>>> = OnceLock::new();
     POOL.get_or_init(|| {
         let n = std::env::var("BATCHGRAD_NUM_THREADS")
             .ok()
             .and_then(|s| s.trim().parse::<usize>().ok())
             .filter(|&n| n > 0)
             .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
-        RwLock::new(Arc::new(build_pool(n)))
+        PerProcess::new(build_pool(n))
     })
 }
 
@@ -42,7 +88,7 @@ fn build_pool(n: usize) -> ThreadPool {
 
 /// The crate-owned pool.
 pub fn pool() -> Arc<ThreadPool> {
-    pool_slot().read().unwrap().clone()
+    current(pool_slot(), |old| build_pool(old.current_num_threads()))
 }
 
 /// Run `f` in the crate's rayon pool as a parallel region: the spinning team's helpers park
@@ -52,16 +98,19 @@ pub fn install<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     pool().install(f)
 }
 
-fn team_slot() -> &'static RwLock<Arc<team::Team>> {
-    static TEAM: OnceLock<RwLock<Arc<team::Team>>> = OnceLock::new();
-    TEAM.get_or_init(|| RwLock::new(Arc::new(team::Team::new(num_threads()))))
+fn team_slot() -> &'static RwLock<PerProcess<team::Team>> {
+    static TEAM: OnceLock<RwLock<PerProcess<team::Team>>> = OnceLock::new();
+    TEAM.get_or_init(|| PerProcess::new(team::Team::new(num_threads())))
+}
+
+fn team() -> Arc<team::Team> {
+    current(team_slot(), |old| team::Team::new(old.threads()))
 }
 
 /// Run `f(i)` for `i < blocks` on the spinning team (one static block per thread: the
 /// hand-split products), sized like the pool. See `team.rs`.
 pub fn run_blocks(blocks: usize, f: impl Fn(usize) + Sync) {
-    let t = team_slot().read().unwrap().clone();
-    t.run(blocks, &f)
+    team().run(blocks, &f)
 }
 
 /// Number of threads kernels use.
@@ -73,11 +122,12 @@ pub fn num_threads() -> usize {
 pub fn set_num_threads(n: usize) {
     let n = n.max(1);
     if num_threads() != n {
-        *pool_slot().write().unwrap() = Arc::new(build_pool(n));
+        let mut p = pool_slot().write().unwrap_or_else(|e| e.into_inner());
+        p.value = Arc::new(build_pool(n));
     }
-    let mut t = team_slot().write().unwrap();
-    if t.threads() != n {
-        *t = Arc::new(team::Team::new(n));
+    if team().threads() != n {
+        let mut t = team_slot().write().unwrap_or_else(|e| e.into_inner());
+        t.value = Arc::new(team::Team::new(n));
     }
 }
 
