@@ -107,8 +107,8 @@ fn team() -> Arc<team::Team> {
     current(team_slot(), |old| team::Team::new(old.threads()))
 }
 
-/// Run `f(i)` for `i < blocks` on the spinning team (one static block per thread: the
-/// hand-split products), sized like the pool. See `team.rs`.
+/// Run `f(i)` for `i < blocks` on the spinning team (the hand-split products: one block per
+/// thread), sized like the pool. See `team.rs`.
 pub fn run_blocks(blocks: usize, f: impl Fn(usize) + Sync) {
     team().run(blocks, &f)
 }
