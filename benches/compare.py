@@ -360,7 +360,27 @@ def gemm_child(lib: str, t: int, quick: bool) -> None:
             reps = 7 if (quick and m * n * k >= 1 << 30) else None
             med = measure({lib: _gemm_fn(lib, sa, sb, ta, tb)}, reps)
             out[label] = 2 * m * n * k / med[lib] / 1e9
+    if lib == "bg":
+        out[PEAK] = fma_peak(t)
     print(json.dumps(out))
+
+
+PEAK = "_fma_peak"
+
+
+def fma_peak(t: int) -> float:
+    """The float32 FMA peak of t cores in GFLOP/s, measured now (`_core.fma_peak`: FMA chains on
+    registers, no memory traffic; best of 5), in the process that measures the GEMMs."""
+    return bg._core.fma_peak(t)
+
+
+def step_flops(b: int) -> float:
+    """Multiply-add flops of one SGD step of the MLP at batch b: the forward products, and in the
+    backward pass dW of every layer and dX of every layer but the first (the input needs none)."""
+    layers = list(zip(DIMS[:-1], DIMS[1:]))
+    fwd = sum(2 * b * i * o for i, o in layers)
+    bwd = sum(2 * b * i * o * (1 if j == 0 else 2) for j, (i, o) in enumerate(layers))
+    return float(fwd + bwd)
 
 
 def gemm_section(thread_counts: list[int], quick: bool) -> str:
@@ -371,6 +391,7 @@ def gemm_section(thread_counts: list[int], quick: bool) -> str:
     libs = ["bg", "np"] + (["torch"] if torch is not None else [])
     orders = [libs] if quick else [libs, libs[::-1]]
     rows = []
+    peaks: dict[int, float | None] = {}
     with Load() as ld:
         for t in thread_counts:
             got: dict[str, list[dict]] = {lib: [] for lib in libs}
@@ -379,19 +400,25 @@ def gemm_section(thread_counts: list[int], quick: bool) -> str:
                     res = run_child(["--gemm-child", lib, str(t)], quick, f"gemm {lib} t{t}")
                     if res is not None:
                         got[lib].append(res)
+            peak = max((g[PEAK] for g in got["bg"]), default=None)
+            peaks[t] = peak
             for label, *_ in _gemm_shapes():
                 gf = {lib: statistics.mean(g[label] for g in runs) for lib, runs in got.items() if runs}
                 rows.append([label, str(t), fmt(gf.get("bg")), fmt(gf.get("np")), fmt(gf.get("torch")),
-                             ratio(gf.get("bg"), gf.get("np")), ratio(gf.get("bg"), gf.get("torch"))])
+                             ratio(gf.get("bg"), gf.get("np")), ratio(gf.get("bg"), gf.get("torch")),
+                             f"{100 * gf['bg'] / peak:.0f}%" if peak and "bg" in gf else ""])
                 print(f"  gemm {label} t{t}: " + ", ".join(f"{kk} {v:.1f}" for kk, v in gf.items()), file=sys.stderr)
     return table("(a) GEMM, GFLOP/s (2mnk / median time)",
-                 ["shape (m x k @ k x n)", "threads", "batchgrad", "numpy", "torch", "bg / numpy", "bg / torch"], rows,
+                 ["shape (m x k @ k x n)", "threads", "batchgrad", "numpy", "torch", "bg / numpy", "bg / torch", "bg / FMA peak"], rows,
                  "batchgrad: `ga @ gb` on pre-built tensors under `bg.no_grad()` (includes the Python call and output "
                  "allocation); numpy: `a @ b`; torch: `ta @ tb` under `torch.no_grad()`. The dX / dW rows are the "
                  "layer's backward products with the stored operand read transposed, no copy: numpy and torch through a "
                  "`.T` view, batchgrad through the matmul op's transpose flags (`_core.apply('matmul', ..., {'ta': ..})`, "
                  "what its backward pass runs). Each library runs alone in a child process pinned to that many cores"
-                 + ("" if quick else ", twice in opposite orders (mean of the two medians)") + f". {ld.note()}")
+                 + ("" if quick else ", twice in opposite orders (mean of the two medians)") + ". **FMA peak**: "
+                 + ", ".join(f"{p:.1f} GFLOP/s on {t} thread(s)" for t, p in peaks.items() if p)
+                 + " (`bg._core.fma_peak`, measured in batchgrad's child: FMA chains on registers, no memory traffic, "
+                 f"best of 5). {ld.note()}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -596,7 +623,7 @@ def compiled_child(t: int) -> None:
     os.sched_setaffinity(0, set(cpus[:t]))
     bg.set_num_threads(t)
     Cfg.threads = t
-    res = {"threads": t, "jax": None, "batches": {}}
+    res = {"threads": t, "jax": None, "batches": {}, "peak": fma_peak(t)}
     try:
         import jax
 
@@ -616,23 +643,29 @@ def compiled_section(thread_counts: list[int], quick: bool) -> str:
     """bg.compile_step vs jax.jit of the whole step, each thread count in its own pinned child."""
     rows = []
     jv = None
+    peaks: dict[int, float] = {}
     with Load() as ld:
         for t in thread_counts:
             res = run_child(["--compiled-child", str(t)], quick, f"compiled t{t}")
             if res is None:
                 continue
             jv = res["jax"] or jv
+            peaks[t] = res["peak"]
             for b in STEP_BATCHES:
                 m = res["batches"][str(b)]
                 jx = m.get("jax")
+                gfs = step_flops(b) / m["bgc"] / 1e9
                 rows.append([str(b), str(t), fmt(b / m["bgc"], 0), fmt(b / jx, 0) if jx else "", ratio(jx, m["bgc"]) if jx else "",
-                             f"{m['bgc'] * 1e6:.1f}"])
+                             f"{m['bgc'] * 1e6:.1f}", f"{gfs:.1f} ({100 * gfs / res['peak']:.0f}%)"])
                 print(f"  compiled b{b} t{t}: bg {b / m['bgc']:,.0f} ex/s" + (f", jax {b / jx:,.0f} ex/s" if jx else ""), file=sys.stderr)
     note = (f"`bg.compile_step(model, F.cross_entropy, SGD, batch)`: forward + backward + update replayed in one Rust call. "
             f"JAX {jv or '(not installed)'}: `jax.jit` of value_and_grad + SGD. Each thread count runs in its own child process "
-            f"pinned to that many cores before JAX loads, so XLA's pool and batchgrad's both use exactly that many. {ld.note()}")
+            f"pinned to that many cores before JAX loads, so XLA's pool and batchgrad's both use exactly that many. "
+            f"GFLOP/s counts the step's products ({step_flops(1) / 1e6:.2f} MFLOP per example: the forward, dW of every layer, dX "
+            f"of all but the first); the FMA peak is measured in the same child ("
+            + ", ".join(f"{p:.1f} GFLOP/s on {t} thread(s)" for t, p in peaks.items()) + f"). {ld.note()}")
     return table("(b3) Compiled training step vs JAX jit, examples/s (same MLP, same SGD step)",
-                 ["batch", "threads", "bg compiled", "jax jit", "bg / jax", "bg us/step"], rows, note)
+                 ["batch", "threads", "bg compiled", "jax jit", "bg / jax", "bg us/step", "bg GFLOP/s (of FMA peak)"], rows, note)
 
 
 def step_section(thread_counts: list[int], quick: bool) -> str:

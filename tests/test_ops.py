@@ -951,3 +951,14 @@ def test_a_forked_child_computes_in_parallel_without_hanging(rng, threads, tmp_p
             pytest.fail("the forked child hung in a parallel kernel")
         time.sleep(0.01)
     assert out.read_bytes() == b"".join(g.tobytes() for g in want)
+
+
+def test_fma_peak_is_a_finite_rate_and_rejects_a_bad_thread_count():
+    """`_core.fma_peak` (the benchmarks' reference for GEMM GFLOP/s) times FMA chains on one and
+    two threads; its value is a rate, finite and positive (no speed is asserted here), and a
+    thread count of 0 is a ValueError that names the argument."""
+    for t in (1, 2):
+        p = _core.fma_peak(t, rounds=20_000, repeats=2)
+        assert np.isfinite(p) and p > 0
+    with pytest.raises(ValueError, match="threads"):
+        _core.fma_peak(0)

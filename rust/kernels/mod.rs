@@ -160,3 +160,42 @@ pub fn simd_level() -> &'static str {
     #[allow(unreachable_code)]
     "baseline"
 }
+
+/// The machine's single-precision FMA peak in GFLOP/s on `threads` threads at once: the caller
+/// and `threads - 1` threads of their own (not the pool, so nothing else is measured) each run
+/// `simd::fma_burn(rounds)`; the best of `repeats` runs. The caller runs one share itself so the
+/// clock starts and stops on a thread that is running (a spawned timer thread would wait for a
+/// free core). A reference for the benchmarks (GEMM and training-step GFLOP/s as a share of it),
+/// measured rather than taken from a data sheet, since the clock and the FMA width per cycle
+/// differ between machines (a Zen 4 core runs a 512-bit FMA as two 256-bit halves).
+pub fn fma_peak(threads: usize, rounds: usize, repeats: usize) -> f64 {
+    let threads = threads.max(1);
+    let mut best = 0.0f64;
+    let mut sink = 0.0f32;
+    for _ in 0..repeats.max(1) {
+        let start = std::sync::Barrier::new(threads);
+        let (flops, secs) = std::thread::scope(|s| {
+            let hs: Vec<_> = (1..threads)
+                .map(|_| {
+                    s.spawn(|| {
+                        start.wait();
+                        simd::fma_burn(rounds)
+                    })
+                })
+                .collect();
+            start.wait();
+            let t = std::time::Instant::now();
+            let (mut flops, c) = simd::fma_burn(rounds);
+            sink += c;
+            for h in hs {
+                let (f, c) = h.join().expect("fma_burn thread");
+                flops += f;
+                sink += c;
+            }
+            (flops, t.elapsed().as_secs_f64())
+        });
+        best = best.max(flops / secs / 1e9);
+    }
+    std::hint::black_box(sink);
+    best
+}

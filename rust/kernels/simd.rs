@@ -91,6 +91,30 @@ mod x86 {
         _mm512_scalef_ps(p, n)
     }
 
+    macro_rules! burn {
+        ($name:ident, $feat:literal, $t:ty, $lanes:expr, $set1:ident, $fma:ident, $store:ident) => {
+            #[target_feature(enable = $feat)]
+            pub unsafe fn $name(rounds: usize) -> (f64, f32) {
+                let (m, c) = ($set1(0.999_999), $set1(1e-7));
+                let mut a: [$t; 12] = [$set1(1.0); 12];
+                for _ in 0..rounds {
+                    for v in a.iter_mut() {
+                        *v = $fma(*v, m, c);
+                    }
+                }
+                let mut sum = 0.0f32;
+                for v in a {
+                    let mut lanes = [0.0f32; $lanes];
+                    $store(lanes.as_mut_ptr(), v);
+                    sum += lanes.iter().sum::<f32>();
+                }
+                (rounds as f64 * 12.0 * $lanes as f64 * 2.0, sum)
+            }
+        };
+    }
+    burn!(fma_burn_avx512, "avx512f", __m512, 16, _mm512_set1_ps, _mm512_fmadd_ps, _mm512_storeu_ps);
+    burn!(fma_burn_avx2, "avx2,fma", __m256, 8, _mm256_set1_ps, _mm256_fmadd_ps, _mm256_storeu_ps);
+
     /// o[i] = exp(x[i]) for i < n; `o` may equal `x` (in place).
     #[target_feature(enable = "avx512f,avx512vl,avx512dq,avx2,fma")]
     pub unsafe fn exp_avx512(o: *mut f32, x: *const f32, n: usize) {
@@ -366,4 +390,30 @@ mod tests {
             assert!(o.to_bits() == want.to_bits() || (o.is_nan() && want.is_nan()), "exp({x}) = {o}, scalar {want}");
         }
     }
+}
+
+/// Single-precision flops one thread sustains on fused multiply-adds alone (no memory traffic):
+/// `rounds` rounds of 12 independent FMA chains on the widest vectors the CPU has (12 chains
+/// cover the FMA latency times the FMA ports of current x86 cores). The benchmarks divide GEMM
+/// and training-step GFLOP/s by this figure, measured in the same run. Returns (flops, checksum);
+/// the checksum keeps the chains from being optimised away.
+pub fn fma_burn(rounds: usize) -> (f64, f32) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if level() == 2 {
+            // SAFETY: the CPU supports AVX-512F (checked at run time)
+            return unsafe { x86::fma_burn_avx512(rounds) };
+        }
+        if level() == 1 {
+            // SAFETY: the CPU supports AVX2 and FMA (checked at run time)
+            return unsafe { x86::fma_burn_avx2(rounds) };
+        }
+    }
+    let mut acc = [1.0f32; 12];
+    for _ in 0..rounds {
+        for a in acc.iter_mut() {
+            *a = std::hint::black_box(*a).mul_add(0.999_999, 1e-7);
+        }
+    }
+    (rounds as f64 * 12.0 * 2.0, acc.iter().sum())
 }

@@ -244,6 +244,18 @@ fn simd_level() -> &'static str {
     crate::kernels::simd_level()
 }
 
+/// The machine's float32 FMA peak in GFLOP/s on `threads` threads at once (no memory traffic;
+/// best of `repeats` runs of `rounds` rounds of 12 FMA chains per thread): the benchmarks'
+/// reference for GEMM and training-step GFLOP/s.
+#[pyfunction]
+#[pyo3(signature = (threads=1, rounds=2_000_000, repeats=5))]
+fn fma_peak(py: Python<'_>, threads: usize, rounds: usize, repeats: usize) -> PyResult<f64> {
+    if threads == 0 || threads > 1024 {
+        return Err(PyValueError::new_err(format!("fma_peak: threads must be in 1..=1024, got {threads}")));
+    }
+    Ok(py.detach(|| crate::kernels::fma_peak(threads, rounds, repeats)))
+}
+
 /// Outputs of at least this many bytes are written with non-temporal stores (3/4 of the LLC).
 #[pyfunction]
 fn stream_min_bytes() -> usize {
@@ -414,6 +426,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(set_num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(get_num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(simd_level, m)?)?;
+    m.add_function(wrap_pyfunction!(fma_peak, m)?)?;
     m.add_function(wrap_pyfunction!(stream_min_bytes, m)?)?;
     optim::register(m)?;
     Ok(())
