@@ -918,9 +918,12 @@ def test_results_do_not_depend_on_the_thread_count(rng, threads):
 
 
 def test_set_num_threads_rejects_bad_values(threads):
-    for bad in (0, -1, 1.5, "2"):
-        with pytest.raises(ValueError):
+    # 10**9 used to try to start a billion threads (the call never returned)
+    for bad in (0, -1, 1.5, "2", True, 1025, 10**9):
+        with pytest.raises(ValueError, match="set_num_threads"):
             bg.set_num_threads(bad)
+    with pytest.raises(ValueError, match="1..=1024"):
+        _core.set_num_threads(10**9)
 
 
 @pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs os.fork")

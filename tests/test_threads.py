@@ -48,5 +48,21 @@ def test_env_variable_sets_threads():
 
 
 def test_bad_thread_count():
-    with pytest.raises(ValueError, match="positive"):
+    with pytest.raises(ValueError, match=r"1\.\.1024, got 0"):
         bg.set_num_threads(0)
+
+
+@pytest.mark.parametrize("value,want_warning", [("abc", True), ("0", True), ("1000000000", True), (" 1 ", False)])
+def test_batchgrad_num_threads_is_validated_at_import(value, want_warning):
+    """BATCHGRAD_NUM_THREADS outside 1..1024 is ignored (all cores) with a RuntimeWarning at
+    import, instead of being ignored silently or starting a billion threads."""
+    code = "import warnings; warnings.simplefilter('always'); import batchgrad as bg; print(bg.get_num_threads())"
+    env = dict(os.environ, BATCHGRAD_NUM_THREADS=value)
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    n = int(r.stdout.strip().splitlines()[-1])
+    if want_warning:
+        assert "RuntimeWarning" in r.stderr and "BATCHGRAD_NUM_THREADS" in r.stderr
+        assert n == len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else n >= 1
+    else:
+        assert "BATCHGRAD_NUM_THREADS" not in r.stderr and n == 1

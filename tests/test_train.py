@@ -282,7 +282,8 @@ def test_cli_plot_without_matplotlib(tmp_path, capsys, monkeypatch):
 
 def test_cli_bad_arguments(tmp_path, capsys):
     for argv in (["train", "--batch-size", "0"], ["train", "--lr", "-1"], ["train", "--lr", "abc"],
-                 ["train", "--optimizer", "lbfgs"], ["train", "--epochs", "-2"], [], ["nope"]):
+                 ["train", "--optimizer", "lbfgs"], ["train", "--epochs", "-2"], ["train", "--threads", "100000"],
+                 ["train", "--threads", "0"], [], ["nope"]):
         with pytest.raises(SystemExit) as e:
             main(argv)
         assert e.value.code == 2

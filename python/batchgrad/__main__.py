@@ -55,6 +55,7 @@ def _checked(convert: Any, ok: Any, what: str) -> Any:
 
 _pos_int = _checked(int, lambda v: v > 0, "a positive integer")
 _nonneg_int = _checked(int, lambda v: v >= 0, "a non-negative integer")
+_threads = _checked(int, lambda v: 1 <= v <= 1024, "an integer in 1..1024")
 _pos_float = _checked(float, lambda v: v > 0 and math.isfinite(v), "a positive number")
 
 
@@ -109,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "instead of the bundled digits; y holds integer class labels")
     t.add_argument("--plot", metavar="PATH.png", default=None, help="save the loss curve (needs matplotlib)")
     t.add_argument("--save", metavar="PATH", default=None, help="save a checkpoint {model, optimizer, ...} with bg.save")
-    t.add_argument("--threads", type=_pos_int, default=None, help="threads of the CPU kernels (default: BATCHGRAD_NUM_THREADS or all cores)")
+    t.add_argument("--threads", type=_threads, default=None, help="threads of the CPU kernels (default: BATCHGRAD_NUM_THREADS or all cores)")
     t.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     t.set_defaults(func=cmd_train)
     from .lab import add_lab_parser  # `batchgrad lab EXPERIMENT`: the minibatch lab

@@ -382,11 +382,34 @@ def is_grad_enabled() -> bool:
     return _core.is_grad_enabled()
 
 
+MAX_THREADS = 1024
+
+
 def set_num_threads(n: int) -> None:
-    """Threads used by the CPU kernels (also set by the BATCHGRAD_NUM_THREADS variable)."""
-    if not isinstance(n, (int, np.integer)) or n < 1:
-        raise ValueError(f"set_num_threads: n must be a positive integer, got {n!r}")
+    """Threads used by the CPU kernels (also set by the BATCHGRAD_NUM_THREADS variable), 1 to 1024."""
+    if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or not 1 <= n <= MAX_THREADS:
+        raise ValueError(f"set_num_threads: n must be an integer in 1..{MAX_THREADS}, got {n!r}")
     _core.set_num_threads(int(n))
+
+
+def _check_env_threads() -> None:
+    """Warn (once, at import) when BATCHGRAD_NUM_THREADS is set to something the core ignores."""
+    import os
+    import warnings
+
+    raw = os.environ.get("BATCHGRAD_NUM_THREADS")
+    if raw is None:
+        return
+    try:
+        ok = 1 <= int(raw.strip()) <= MAX_THREADS
+    except ValueError:
+        ok = False
+    if not ok:
+        warnings.warn(f"BATCHGRAD_NUM_THREADS={raw!r} is not an integer in 1..{MAX_THREADS}; using all "
+                      f"{_core.get_num_threads()} cores", RuntimeWarning, stacklevel=2)
+
+
+_check_env_threads()
 
 
 def get_num_threads() -> int:

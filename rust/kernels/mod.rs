@@ -66,14 +66,20 @@ fn current<T>(slot: &RwLock<PerProcess<T>>, rebuild: impl FnOnce(&T) -> T) -> Ar
     s.value.clone()
 }
 
+/// The most threads `set_num_threads` / `BATCHGRAD_NUM_THREADS` accept: a pool and a team of
+/// this size start in well under a second; a mistyped 10**9 would try to start a billion threads.
+pub const MAX_THREADS: usize = 1024;
+
+/// `BATCHGRAD_NUM_THREADS` when it is an integer in 1..=MAX_THREADS (the Python layer warns
+/// about any other value at import); otherwise None (all cores).
+pub fn env_threads() -> Option<usize> {
+    std::env::var("BATCHGRAD_NUM_THREADS").ok().and_then(|s| s.trim().parse::<usize>().ok()).filter(|&n| (1..=MAX_THREADS).contains(&n))
+}
+
 fn pool_slot() -> &'static RwLock<PerProcess<ThreadPool>> {
     static POOL: OnceLock<RwLock<PerProcess<ThreadPool>>> = OnceLock::new();
     POOL.get_or_init(|| {
-        let n = std::env::var("BATCHGRAD_NUM_THREADS")
-            .ok()
-            .and_then(|s| s.trim().parse::<usize>().ok())
-            .filter(|&n| n > 0)
-            .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+        let n = env_threads().unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
         PerProcess::new(build_pool(n))
     })
 }

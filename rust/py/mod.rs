@@ -227,8 +227,8 @@ fn op_table(py: Python<'_>) -> PyResult<Bound<'_, PyList>> {
 
 #[pyfunction]
 fn set_num_threads(n: usize) -> PyResult<()> {
-    if n == 0 {
-        return Err(PyValueError::new_err("set_num_threads: n must be a positive integer, got 0"));
+    if n == 0 || n > crate::kernels::MAX_THREADS {
+        return Err(PyValueError::new_err(format!("set_num_threads: n must be in 1..={}, got {n}", crate::kernels::MAX_THREADS)));
     }
     crate::kernels::set_num_threads(n);
     Ok(())
@@ -250,8 +250,8 @@ fn simd_level() -> &'static str {
 #[pyfunction]
 #[pyo3(signature = (threads=1, rounds=2_000_000, repeats=5))]
 fn fma_peak(py: Python<'_>, threads: usize, rounds: usize, repeats: usize) -> PyResult<f64> {
-    if threads == 0 || threads > 1024 {
-        return Err(PyValueError::new_err(format!("fma_peak: threads must be in 1..=1024, got {threads}")));
+    if threads == 0 || threads > crate::kernels::MAX_THREADS {
+        return Err(PyValueError::new_err(format!("fma_peak: threads must be in 1..={}, got {threads}", crate::kernels::MAX_THREADS)));
     }
     Ok(py.detach(|| crate::kernels::fma_peak(threads, rounds, repeats)))
 }
