@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from .tensor import MAX_THREADS
+
 # (default lr, description) per --optimizer choice; the defaults are tuned for the digits MLP.
 OPTIMIZERS: dict[str, tuple[float, str]] = {
     "sgd": (0.2, "SGD"),
@@ -55,7 +57,7 @@ def _checked(convert: Any, ok: Any, what: str) -> Any:
 
 _pos_int = _checked(int, lambda v: v > 0, "a positive integer")
 _nonneg_int = _checked(int, lambda v: v >= 0, "a non-negative integer")
-_threads = _checked(int, lambda v: 1 <= v <= 1024, "an integer in 1..1024")
+_threads = _checked(int, lambda v: 1 <= v <= MAX_THREADS, f"an integer in 1..{MAX_THREADS}")
 _pos_float = _checked(float, lambda v: v > 0 and math.isfinite(v), "a positive number")
 
 

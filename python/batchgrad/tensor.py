@@ -382,11 +382,11 @@ def is_grad_enabled() -> bool:
     return _core.is_grad_enabled()
 
 
-MAX_THREADS = 1024
+MAX_THREADS = _core.MAX_THREADS
 
 
 def set_num_threads(n: int) -> None:
-    """Threads used by the CPU kernels (also set by the BATCHGRAD_NUM_THREADS variable), 1 to 1024."""
+    """Threads used by the CPU kernels (also set by the BATCHGRAD_NUM_THREADS variable), 1 to MAX_THREADS (1024)."""
     if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or not 1 <= n <= MAX_THREADS:
         raise ValueError(f"set_num_threads: n must be an integer in 1..{MAX_THREADS}, got {n!r}")
     _core.set_num_threads(int(n))

@@ -42,7 +42,9 @@ const NT_TRANSPOSE_MIN_ROWS: usize = 8;
 /// with its own threading is faster at 2 threads (4096x256 @ 256x10: 154 vs 176 us).
 const NARROW_MAX_FLOPS: usize = 1 << 23;
 
-/// Products of at least this many flops are split across the pool's threads.
+/// From this many flops, A·Bᵀ through a transposed B is split across threads, and a compiled
+/// step that holds such a product replays on a pool worker (`tape::step`). Other single
+/// products split from `SPLIT_MIN_FLOPS`.
 pub const PAR_MIN_FLOPS: usize = 1 << 22;
 /// Products from this size are split by hand across the spinning team (`team.rs`), one block of
 /// C per thread: with a ~1 us fork-join, 2 threads pay from 1 MFLOP (8x784 @ 784x256 at 2
@@ -137,21 +139,21 @@ pub fn matmul_into(out: &mut [f32], e: Epilogue, a: &Operand, b: &Operand, a_off
             let dp = SendPtr(out.as_mut_ptr());
             let (a0, b0) = (a_off[0], b_off[0]);
             super::run_blocks(n.div_ceil(chunk), |c| {
-                    let (j0, len) = (c * chunk, chunk.min(n - c * chunk));
-                    let mut bt = alloc_for_overwrite(k * len).expect("transposed block of B");
-                    super::movement::transpose(&mut bt, &b.data[b0 + j0 * b.cols..], len, k, b.cols);
-                    let dp = &dp;
-                    // SAFETY: block c writes only columns j0..j0+len of C; A and bt are read-only
-                    unsafe {
-                        gemm(
-                            m, len, k,
-                            dp.0.add(j0), 1, n as isize, e.accumulate,
-                            a.data.as_ptr().add(a0), a_cs, a_rs,
-                            bt.as_ptr(), 1, len as isize,
-                            e.alpha, e.beta, false, false, false, Parallelism::None,
-                        )
-                    }
-                    crate::tensor::recycle(bt);
+                let (j0, len) = (c * chunk, chunk.min(n - c * chunk));
+                let mut bt = alloc_for_overwrite(k * len).expect("transposed block of B");
+                super::movement::transpose(&mut bt, &b.data[b0 + j0 * b.cols..], len, k, b.cols);
+                let dp = &dp;
+                // SAFETY: block c writes only columns j0..j0+len of C; A and bt are read-only
+                unsafe {
+                    gemm(
+                        m, len, k,
+                        dp.0.add(j0), 1, n as isize, e.accumulate,
+                        a.data.as_ptr().add(a0), a_cs, a_rs,
+                        bt.as_ptr(), 1, len as isize,
+                        e.alpha, e.beta, false, false, false, Parallelism::None,
+                    )
+                }
+                crate::tensor::recycle(bt);
             });
             return;
         }
@@ -225,28 +227,28 @@ pub fn matmul_into(out: &mut [f32], e: Epilogue, a: &Operand, b: &Operand, a_off
         let (dp, ap, bp) = (SendPtr(out.as_mut_ptr()), SendPtr(a.data.as_ptr() as *mut f32), SendPtr(b.data.as_ptr() as *mut f32));
         let (a0, b0) = (a_off[0], b_off[0]);
         super::run_blocks(split_dim.div_ceil(chunk), |c| {
-                let (s0, len) = (c * chunk, chunk.min(split_dim - c * chunk));
-                let (dp, ap, bp) = (&dp, &ap, &bp);
-                // SAFETY: block c writes only its own rows / columns of C; A and B are read-only
-                unsafe {
-                    if cols {
-                        gemm(
-                            m, len, k,
-                            dp.0.add(s0), 1, n as isize, e.accumulate,
-                            ap.0.add(a0), a_cs, a_rs,
-                            bp.0.offset(b0 as isize + s0 as isize * b_cs), b_cs, b_rs,
-                            e.alpha, e.beta, false, false, false, Parallelism::None,
-                        )
-                    } else {
-                        gemm(
-                            len, n, k,
-                            dp.0.add(s0 * n), 1, n as isize, e.accumulate,
-                            ap.0.offset(a0 as isize + s0 as isize * a_rs), a_cs, a_rs,
-                            bp.0.add(b0), b_cs, b_rs,
-                            e.alpha, e.beta, false, false, false, Parallelism::None,
-                        )
-                    }
+            let (s0, len) = (c * chunk, chunk.min(split_dim - c * chunk));
+            let (dp, ap, bp) = (&dp, &ap, &bp);
+            // SAFETY: block c writes only its own rows / columns of C; A and B are read-only
+            unsafe {
+                if cols {
+                    gemm(
+                        m, len, k,
+                        dp.0.add(s0), 1, n as isize, e.accumulate,
+                        ap.0.add(a0), a_cs, a_rs,
+                        bp.0.offset(b0 as isize + s0 as isize * b_cs), b_cs, b_rs,
+                        e.alpha, e.beta, false, false, false, Parallelism::None,
+                    )
+                } else {
+                    gemm(
+                        len, n, k,
+                        dp.0.add(s0 * n), 1, n as isize, e.accumulate,
+                        ap.0.offset(a0 as isize + s0 as isize * a_rs), a_cs, a_rs,
+                        bp.0.add(b0), b_cs, b_rs,
+                        e.alpha, e.beta, false, false, false, Parallelism::None,
+                    )
                 }
+            }
         });
         return;
     }

@@ -427,6 +427,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(get_num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(simd_level, m)?)?;
     m.add_function(wrap_pyfunction!(fma_peak, m)?)?;
+    m.add("MAX_THREADS", crate::kernels::MAX_THREADS)?;
     m.add_function(wrap_pyfunction!(stream_min_bytes, m)?)?;
     optim::register(m)?;
     Ok(())
