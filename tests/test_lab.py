@@ -95,7 +95,10 @@ def test_throughput_quick(tmp_path):
         assert res["saturation"][th] in (1, 8, 64)
     assert bg.get_num_threads() >= 1
     if res["gpu"] is None:
-        assert "no GPU backend" in (tmp_path / "throughput.md").read_text()
+        assert "no GPU adapter" in (tmp_path / "throughput.md").read_text()
+    else:  # a GPU curve labelled with the adapter's name
+        assert res["gpu"] in (tmp_path / "throughput.md").read_text()
+        assert len(res["threads"]["gpu"]["examples_per_s"]) == 3
     _written(res, "throughput.png", "throughput.md")
 
 

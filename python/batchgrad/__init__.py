@@ -31,6 +31,7 @@ __all__ += ["Graph", "TracingError", "grad", "render_minibatch_graphs", "replica
 from .compile import compile_step  # noqa: E402
 from .profiler import profile  # noqa: E402
 
-__all__ += ["compile_step", "profile"]
+__all__ += ["compile_step", "profile", "gpu"]
 
+from . import gpu  # noqa: E402  (bg.gpu: loads wgpu only on first use)
 from . import lab  # noqa: E402  (bg.lab.<experiment>(...): the minibatch lab; matplotlib only when one runs)

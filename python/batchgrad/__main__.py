@@ -114,6 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--save", metavar="PATH", default=None, help="save a checkpoint {model, optimizer, ...} with bg.save")
     t.add_argument("--threads", type=_threads, default=None, help="threads of the CPU kernels (default: BATCHGRAD_NUM_THREADS or all cores)")
     t.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    t.add_argument("--device", choices=["cpu", "gpu"], default="cpu",
+                   help="where the training steps run (gpu: wgpu, needs `pip install 'batchgrad[gpu]'`; default: cpu)")
     t.set_defaults(func=cmd_train)
     from .lab import add_lab_parser  # `batchgrad lab EXPERIMENT`: the minibatch lab
     add_lab_parser(sub)
@@ -220,6 +222,15 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     if args.threads is not None:
         bg.set_num_threads(args.threads)
+    if args.device == "gpu":
+        if args.accumulate != 1:
+            print("batchgrad train: --device gpu needs --accumulate 1", file=sys.stderr)
+            return 2
+        try:
+            name = bg.gpu.device.get().name
+        except bg.gpu.GpuUnavailableError as e:
+            print(f"batchgrad train: --device gpu: {e}", file=sys.stderr)
+            return 2
     X_tr, y_tr, X_te, y_te, source = load_data(args.data)
     n_classes = int(max(y_tr.max(), y_te.max())) + 1
     sizes = [X_tr.shape[1], *args.hidden, n_classes]
@@ -237,12 +248,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     batch = f"{args.batch_size}" + (f" x {args.accumulate} accumulated" if args.accumulate > 1 else "")
     print(f"training MLP {arch} on {source} ({len(y_tr)} train / {len(y_te)} test examples): "
           f"{OPTIMIZERS[args.optimizer][1]} lr={lr:g}, {args.schedule} schedule, batch {batch}, "
-          f"{args.epochs} epochs, seed {args.seed}", flush=True)
+          f"{args.epochs} epochs, seed {args.seed}" + (f", on {name}" if args.device == "gpu" else ""), flush=True)
     t0 = time.perf_counter()
     history = bg.fit(model, loss_fn, opt, train_loader, epochs=args.epochs, accumulate=args.accumulate,
-                     val_loader=test_loader, progress=not args.no_progress, scheduler=sched)
+                     val_loader=test_loader, progress=not args.no_progress, scheduler=sched, device=args.device)
     elapsed = time.perf_counter() - t0
-    test_loss, test_acc = bg.evaluate(model, test_loader, loss_fn)
+    test_loss, test_acc = bg.evaluate(model, test_loader, loss_fn, device=args.device)
     if history.train_loss:
         print(f"trained {history.steps} steps in {elapsed:.1f} s: final train loss {history.train_loss[-1]:.4f}, "
               f"test loss {test_loss:.4f}")

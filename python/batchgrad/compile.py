@@ -46,12 +46,17 @@ class CompiledStep:
     program per batch shape and replayed, update included, by one Rust call."""
 
     def __init__(self, model: Any, loss_fn: Callable[[Tensor, Tensor], Tensor], optimizer: Any, device: str = "cpu") -> None:
-        if device != "cpu":
-            raise NotImplementedError(f"compile_step: device={device!r} is not available yet (the GPU executor replays the same program; only 'cpu' exists today)")
-        self.model, self.loss_fn, self.optimizer = model, loss_fn, optimizer
+        if device not in ("cpu", "gpu"):
+            raise ValueError(f"compile_step: device must be 'cpu' or 'gpu', got {device!r}")
+        self.model, self.loss_fn, self.optimizer, self.device = model, loss_fn, optimizer, device
         self.params = [p for g in optimizer.param_groups for p in g["params"]]
         self._index = {id(p): i for i, p in enumerate(self.params)}
         self.steps: dict[tuple, Any] = {}
+        self.gpu = None
+        if device == "gpu":
+            from .gpu.step import GpuStep
+
+            self.gpu = GpuStep(self)
 
     @property
     def programs(self) -> dict[tuple, Any]:
@@ -97,10 +102,22 @@ class CompiledStep:
         opt.state = {p: dict(st) for p, st in self.optimizer.state.items()}
         return self.step_for(X, y).fused(self._calls(opt))
 
-    def __call__(self, X: Any, y: Any) -> float:
-        """One optimisation step on the batch (X, y); returns the loss as a float."""
+    def __call__(self, X: Any, y: Any) -> Any:
+        """One optimisation step on the batch (X, y); returns the loss: a float on the CPU, a
+        `LazyLoss` on the GPU (read back only by `float(loss)` / `loss.item()`)."""
+        if self.gpu is not None:
+            return self.gpu(X, y)
         X, y = as_tensor(X), _labels(y)
         return self.step_for(X, y).run([X._v, y._v], self._calls())
+
+    def to_model(self) -> Any:
+        """The model with the step's parameters (on the GPU: copied back into it in place)."""
+        return self.gpu.to_model() if self.gpu is not None else self.model
+
+    def optimizer_state(self) -> dict:
+        """The optimizer's `state_dict()` (on the GPU: its buffers and step counts copied back
+        into the host optimizer first)."""
+        return self.gpu.optimizer_state() if self.gpu is not None else self.optimizer.state_dict()
 
 
 def compile_step(model: Any, loss_fn: Callable[[Tensor, Tensor], Tensor], optimizer: Any, example_batch: tuple | None = None, device: str = "cpu") -> CompiledStep:
@@ -110,6 +127,9 @@ def compile_step(model: Any, loss_fn: Callable[[Tensor, Tensor], Tensor], optimi
 
     >>> step = bg.compile_step(model, bg.nn.functional.cross_entropy, opt, (X[:32], y[:32]))
     >>> for X, y in loader: loss = step(X, y)
+
+    ``device="gpu"`` replays the same program on the GPU (see `batchgrad.gpu`): parameters and
+    optimizer state stay there, each step is one submit, and the returned loss is lazy.
     """
     step = CompiledStep(model, loss_fn, optimizer, device)
     if example_batch is not None:

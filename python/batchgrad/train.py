@@ -22,7 +22,7 @@ import numpy as np
 from .nn import BCEWithLogitsLoss
 from .nn import functional as F
 from .nn.utils import clip_grad_norm_
-from .tensor import Tensor, no_grad
+from .tensor import Tensor, as_tensor, no_grad
 
 __all__ = ["History", "fit", "evaluate"]
 
@@ -125,6 +125,8 @@ def fit(
     scheduler_interval: str = "epoch",
     max_grad_norm: float | None = None,
     start_epoch: int | None = None,
+    device: str = "cpu",
+    log_every: int = 10,
 ) -> History:
     """Train ``model`` for ``epochs`` epochs of minibatch gradient descent.
 
@@ -152,6 +154,13 @@ def fit(
             epoch ``e`` calls ``train_loader.set_epoch(e)`` first, so a run resumed from a
             checkpoint with ``start_epoch=<epochs done>`` sees the same batches as an
             uninterrupted run. If None the loader keeps its own epoch counter.
+        device: ``"gpu"`` trains with ``compile_step(..., device="gpu")``: parameters and
+            optimizer state stay on the GPU, each step is one submit, the loss is read back
+            every ``log_every`` steps (one read for all of them) for the progress bar and the
+            non-finite check, and the host model and optimizer are synced at the end of every
+            epoch (before validation). It needs ``accumulate=1`` and no ``max_grad_norm``; the
+            train accuracy is not computed (None).
+        log_every: on the GPU, steps between loss read-backs.
 
     Returns:
         a :class:`History`.
@@ -170,6 +179,17 @@ def fit(
     reduction = _reduction(loss_fn)
     if reduction == "none":
         raise ValueError("fit: the loss must reduce to a scalar; use reduction='mean' or 'sum'")
+    if device not in ("cpu", "gpu"):
+        raise ValueError(f"fit: device must be 'cpu' or 'gpu', got {device!r}")
+    gstep = None
+    if device == "gpu":
+        if accumulate != 1 or max_grad_norm is not None:
+            raise ValueError("fit(device='gpu') supports accumulate=1 and max_grad_norm=None only "
+                             f"(got accumulate={accumulate}, max_grad_norm={max_grad_norm})")
+        log_every = _check_int("log_every", log_every, 1)
+        from .compile import compile_step
+
+        gstep = compile_step(model, loss_fn, optimizer, device="gpu")
     from tqdm.auto import tqdm
 
     history = History()
@@ -189,7 +209,11 @@ def fit(
         bar = tqdm(total=n_groups, desc=f"epoch {epoch + 1}/{last_epoch}", unit="step", disable=not progress,
                    leave=True, dynamic_ncols=True)
         try:
-            it = iter(train_loader)
+            if gstep is not None:
+                ep_loss, ep_n = _gpu_epoch(gstep, train_loader, reduction, history, bar, epoch, log_every,
+                                           scheduler if scheduler_interval == "step" else None)
+                has_acc = False
+            it = iter(train_loader) if gstep is None else iter(())
             while True:
                 group = [_unpack(b) for b in itertools.islice(it, accumulate)]
                 if not group:
@@ -240,7 +264,7 @@ def fit(
             history.train_loss.append(ep_loss / ep_n if ep_n else math.nan)
             history.train_accuracy.append(ep_correct / ep_counted if has_acc and ep_counted else None)
             if val_loader is not None:
-                vl, va = evaluate(model, val_loader, loss_fn)
+                vl, va = evaluate(model, val_loader, loss_fn, device=device)
                 history.val_loss.append(vl)
                 history.val_accuracy.append(va)
                 post = {"loss": f"{history.train_loss[-1]:.4f}", "val_loss": f"{vl:.4f}"}
@@ -254,13 +278,63 @@ def fit(
     return history
 
 
-def evaluate(model: Any, loader: Any, loss_fn: Any = None) -> tuple[float | None, float | None]:
+def _gpu_epoch(gstep: Any, loader: Any, reduction: str, history: History, bar: Any, epoch: int, log_every: int,
+               step_scheduler: Any) -> tuple[float, int]:
+    """One epoch of GPU steps; losses are read every `log_every` steps, then the host is synced."""
+    g = gstep.gpu
+    ep_loss, ep_n, pending = 0.0, 0, []  # pending: (step number, batch size) not read yet
+
+    def read() -> None:
+        nonlocal ep_loss, ep_n
+        if not pending:
+            return
+        vals = g.losses(pending[0][0], pending[-1][0] + 1)
+        for (k, b), v in zip(pending, vals):
+            if not math.isfinite(v):
+                raise FloatingPointError(
+                    f"loss is {v} at epoch {epoch + 1} (GPU step {k + 1}); the host model keeps the parameters of the "
+                    "last sync (end of the previous epoch), the GPU step was not copied back")
+            history.loss.append(v)
+            ep_loss += v * b if reduction == "mean" else v
+            ep_n += b
+        pending.clear()
+        bar.set_postfix(loss=f"{ep_loss / max(ep_n, 1):.4f}", refresh=False)
+
+    for batch in loader:
+        x, y = _unpack(batch)
+        b = _batch_len(x, y)
+        if b == 0:
+            continue
+        gstep(x, y)
+        pending.append((g.steps - 1, b))
+        history.steps += 1
+        if step_scheduler is not None:
+            step_scheduler.step()
+        bar.update(1)
+        if len(pending) >= log_every:
+            read()
+    read()
+    gstep.to_model()
+    gstep.optimizer_state()
+    return ep_loss, ep_n
+
+
+def evaluate(model: Any, loader: Any, loss_fn: Any = None, device: str = "cpu") -> tuple[float | None, float | None]:
     """Mean loss per example and accuracy of ``model`` over ``loader``, without gradients.
 
     The model is put in eval mode and restored afterwards. The loss is None without a
     ``loss_fn``; the accuracy (argmax of ``(N, C)`` logits against integer labels, or
     ``logit > 0`` against 0/1 targets for BCE-with-logits) is None when it does not apply.
+    ``device="gpu"`` runs the model's forward pass on the GPU (recorded once per batch shape,
+    parameters uploaded once per call); the loss and accuracy are taken from its outputs.
     """
+    if device not in ("cpu", "gpu"):
+        raise ValueError(f"evaluate: device must be 'cpu' or 'gpu', got {device!r}")
+    fwd = None
+    if device == "gpu":
+        from .gpu.forward import GpuForward
+
+        fwd = GpuForward(model)
     was_training = getattr(model, "training", None)
     if hasattr(model, "eval"):
         model.eval()
@@ -271,7 +345,10 @@ def evaluate(model: Any, loader: Any, loss_fn: Any = None) -> tuple[float | None
             for batch in loader:
                 x, y = _unpack(batch)
                 b = _batch_len(x, y)
-                out = model(x)
+                if fwd is None:
+                    out = model(x)
+                else:
+                    out = as_tensor(fwd(np.asarray(x.numpy() if isinstance(x, Tensor) else x, np.float32)))
                 if loss_fn is not None:
                     lv = np.asarray(loss_fn(out, y).numpy(), dtype=np.float64)
                     total_loss += float(lv.sum()) if reduction != "mean" else float(lv) * b

@@ -128,9 +128,20 @@ class Graph:
         vals = _interpret(self.nodes, self.outputs, leaves, None, 0)
         return tree_unflatten(self.out_tree, [v for v, _ in vals])
 
-    def run(self, *args: Any) -> Any:
-        """Replay in ONE call to the Rust executor (no Python per op, nothing recorded)."""
+    def run(self, *args: Any, device: str = "cpu") -> Any:
+        """Replay in ONE call to the Rust executor (no Python per op, nothing recorded), or with
+        ``device="gpu"`` as one submit on the GPU (plan built once; captured tensors are read
+        at call time on both)."""
         leaves, _ = tree_flatten(args)
+        if device == "gpu":
+            from .gpu.plan import run_program
+
+            if not hasattr(self, "_gpu_cache"):
+                self._gpu_cache: dict = {}
+            outs = run_program(self.program, [np.asarray(x.numpy(), np.float32) for x in leaves], self._gpu_cache)
+            return tree_unflatten(self.out_tree, [T.tensor(o) for o in outs])
+        if device != "cpu":
+            raise ValueError(f"Graph.run: device must be 'cpu' or 'gpu', got {device!r}")
         outs = self.program.run([x._v for x in leaves])
         return tree_unflatten(self.out_tree, [Tensor(o) for o in outs])
 
@@ -471,7 +482,7 @@ def _move_axis(x: Tensor, src: int, dst: int) -> Tensor:
 
 
 def vmap(f: Callable[..., Any], in_axes: int | None | Sequence[int | None] = 0, out_axes: int | Sequence[int] = 0,
-         cache: bool = True) -> Callable[..., Any]:
+         cache: bool = True, device: str = "cpu") -> Callable[..., Any]:
     """Vectorise a per-example function over a batch dimension (as `jax.vmap`).
 
     `in_axes`: one int/None for all arguments, or one per argument (None = not batched, e.g. the
@@ -482,7 +493,13 @@ def vmap(f: Callable[..., Any], in_axes: int | None | Sequence[int | None] = 0, 
     shapes and reused (as `jax.jit` caches): tensors `f` closes over are read at call time, but
     Python values it closes over are baked in at the first call - pass anything that changes as an
     argument, or use `cache=False` to retrace on every call.
+
+    `device="gpu"` replays the batched graph on the GPU (one submit per call; e.g.
+    `vmap(grad(loss), in_axes=(None, 0, 0), device="gpu")` gives per-example gradients computed
+    there). It needs a call with nothing to differentiate and outside a trace.
     """
+    if device not in ("cpu", "gpu"):
+        raise ValueError(f"vmap: device must be 'cpu' or 'gpu', got {device!r}")
     graphs: dict[Any, Graph] = {}
     batched_graphs: dict[Any, Graph] = {}
 
@@ -538,12 +555,18 @@ def vmap(f: Callable[..., Any], in_axes: int | None | Sequence[int | None] = 0, 
         # program in Rust (built once per batch size) instead of op by op from Python.
         fast = cache and not T._TRACE_DEPTH[0] and not any(x.requires_grad for x in leaves_all) and not any(
             n["kind"] == "captured" and n["var"].requires_grad for n in g.nodes)
+        if device == "gpu" and not fast:
+            raise ValueError("vmap(device='gpu'): the batched graph runs on the GPU only with cache=True, outside a trace "
+                             "and with no input requiring gradients (differentiate inside f, e.g. vmap(grad(f)))")
         if fast:
             bkey = (key, B)
             bg_graph = batched_graphs.get(bkey)
             if bg_graph is None:
                 bg_graph = batched_graphs[bkey] = trace(run_batched, *leaves_all)
-            outs = [Tensor(o) for o in bg_graph.program.run([x._v for x in leaves_all])]
+            if device == "gpu":
+                outs = tree_flatten(bg_graph.run(*leaves_all, device="gpu"))[0]
+            else:
+                outs = [Tensor(o) for o in bg_graph.program.run([x._v for x in leaves_all])]
         else:
             outs = run_batched(*leaves_all)
         return tree_unflatten(g.out_tree, outs)

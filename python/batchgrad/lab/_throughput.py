@@ -22,14 +22,34 @@ SIZES = [784, 256, 256, 10]
 
 
 def gpu_backend() -> str | None:
-    """The name of a GPU backend of batchgrad, or None (there is none yet: CPU kernels only)."""
-    from .. import _core
+    """The GPU adapter's name (marked "software" for a CPU-emulated one such as lavapipe), or
+    None without wgpu or an adapter."""
+    from .. import gpu
 
-    probe = getattr(_core, "gpu_available", None)
     try:
-        return "gpu" if probe is not None and probe() else None
-    except Exception:  # noqa: BLE001
+        return gpu.device.get().name
+    except gpu.GpuError:
         return None
+
+
+def time_gpu_step(batch: int, seed: int = 0, min_total_s: float = 0.15, max_repeats: int = 30, inner: int = 5) -> tuple[float, int]:
+    """Median seconds of one GPU training step (`compile_step(device="gpu")`), from `inner`
+    back-to-back steps and a read of the last loss (which waits for them)."""
+    from .. import compile_step, nn, optim
+
+    rng = np.random.default_rng(seed)
+    model = nn.MLP(SIZES, seed=seed)
+    step = compile_step(model, nn.CrossEntropyLoss(), optim.SGD(model.parameters(), lr=0.01), device="gpu")
+    x = rng.random((batch, SIZES[0]), dtype=np.float32)
+    y = rng.integers(0, SIZES[-1], size=batch)
+
+    def steps() -> None:
+        for _ in range(inner - 1):
+            step(x, y)
+        float(step(x, y))
+
+    s, n = C.median_time(steps, min_repeats=3, max_repeats=max_repeats, min_total_s=min_total_s, warmup=1)
+    return s / inner, n
 
 
 def saturation(batches: list[int], per_sec: list[float], frac: float = 0.9) -> int:
@@ -63,17 +83,19 @@ def time_step(batch: int, threads: int, seed: int = 0, min_total_s: float = 0.15
     return C.median_time(step, min_repeats=3, max_repeats=max_repeats, min_total_s=min_total_s, warmup=1)
 
 
-def plot(batch_sizes: list[int], res: dict[int, dict[str, Any]], path: str, gpu: str | None = None) -> str:
+def plot(batch_sizes: list[int], res: dict[Any, dict[str, Any]], path: str, gpu: str | None = None) -> str:
     """Draw time per example and examples/s against B for each thread count of `res`
     ({threads: {"per_example_s", "examples_per_s", "saturation"}}) into `path`."""
     threads = list(res)
     fig, axes = C.figure(2, 1, size=(5.0, 4.0))
     a1, a2 = axes[0]
     colors = {1: "tab:blue", 2: "tab:orange"}
+    colors["gpu"] = "tab:green"
     for th in threads:
         r, col = res[th], colors.get(th)
-        a1.plot(batch_sizes, np.array(r["per_example_s"]) * 1e6, "o-", color=col, label=f"{th} CPU thread{'s' * (th > 1)}")
-        a2.plot(batch_sizes, r["examples_per_s"], "o-", color=col, label=f"{th} CPU thread{'s' * (th > 1)}")
+        lab = f"GPU: {gpu}" if th == "gpu" else f"{th} CPU thread{'s' * (th > 1)}"
+        a1.plot(batch_sizes, np.array(r["per_example_s"]) * 1e6, "o-", color=col, label=lab)
+        a2.plot(batch_sizes, r["examples_per_s"], "o-", color=col, label=lab)
         sb = r["saturation"]
         v = r["examples_per_s"][batch_sizes.index(sb)]
         a2.axvline(sb, color=col, ls=":", lw=1.2)
@@ -94,7 +116,7 @@ def plot(batch_sizes: list[int], res: dict[int, dict[str, Any]], path: str, gpu:
     a1.set_ylabel("time per example (microseconds)")
     a1.set_title("one SGD step of MLP 784-256-256-10")
     a2.set_ylabel("examples per second")
-    a2.set_title("examples per second" + ("" if gpu else " (CPU only: no GPU backend yet)"))
+    a2.set_title("examples per second" + ("" if gpu else " (CPU only: no GPU adapter here)"))
     return C.savefig(fig, path)
 
 
@@ -127,15 +149,27 @@ def run(out: str = "batchgrad-lab", seed: int = 0, quick: bool = False, batch_si
         res[th]["saturation"] = saturation(batch_sizes, res[th]["examples_per_s"])
         res[th]["peak_examples_per_s"] = max(res[th]["examples_per_s"])
     gpu = gpu_backend()
+    if gpu is not None:
+        g = res["gpu"] = {"step_s": [], "repeats": []}
+        for b in batch_sizes:
+            s, n = time_gpu_step(b, seed=seed, min_total_s=min_total, max_repeats=5 if quick else 20, inner=2 if quick else 5)
+            g["step_s"].append(s)
+            g["repeats"].append(n)
+        g["per_example_s"] = [s / b for s, b in zip(g["step_s"], batch_sizes)]
+        g["examples_per_s"] = [b / s for s, b in zip(g["step_s"], batch_sizes)]
+        g["saturation"] = saturation(batch_sizes, g["examples_per_s"])
+        g["peak_examples_per_s"] = max(g["examples_per_s"])
+    curves = list(threads) + (["gpu"] if gpu else [])
 
-    png = plot(batch_sizes, res, os.path.join(out, "throughput.png"), gpu)
+    png = plot(batch_sizes, {k: res[k] for k in curves}, os.path.join(out, "throughput.png"), gpu)
 
     # ---- table and report
-    headers = ["batch"] + [h for th in threads for h in (f"{th}T step (ms)", f"{th}T us/example", f"{th}T examples/s")]
+    name = {th: f"{th}T" for th in threads} | {"gpu": "GPU"}
+    headers = ["batch"] + [h for th in curves for h in (f"{name[th]} step (ms)", f"{name[th]} us/example", f"{name[th]} examples/s")]
     rows = []
     for i, b in enumerate(batch_sizes):
         row: list[Any] = [b]
-        for th in threads:
+        for th in curves:
             r = res[th]
             row += [f"{r['step_s'][i] * 1e3:.3f}", f"{r['per_example_s'][i] * 1e6:.2f}", f"{r['examples_per_s'][i]:,.0f}"]
         rows.append(row)
@@ -151,8 +185,15 @@ def run(out: str = "batchgrad-lab", seed: int = 0, quick: bool = False, batch_si
         summary += (f"; 2 threads beat 1 from B = {crossover} on" if crossover else "; 2 threads never beat 1 here")
     cross_txt = (f"here from B = {crossover}" if crossover else
                  "in this run never: another process may have been busy on the second core")
-    gpu_line = ("GPU: " + gpu) if gpu else ("GPU: no column - batchgrad has no GPU backend yet (CPU kernels only). "
-                                            "A GPU would push saturation to much larger B: it has thousands of lanes to fill.")
+    if gpu:
+        gr = res["gpu"]
+        gpu_line = (f"GPU ({gpu}, `compile_step(device='gpu')`: one submit per step): saturates at B = {gr['saturation']} "
+                    f"(peak {gr['peak_examples_per_s']:,.0f} examples/s)"
+                    + (". This is a software adapter emulating a GPU on the CPU: its curve shows the shape, not GPU speed."
+                       if "software" in gpu else "."))
+    else:
+        gpu_line = ("GPU: no column - no GPU adapter here (`pip install 'batchgrad[gpu]'` and a Vulkan/Metal/DX12 driver). "
+                    "A GPU would push saturation to much larger B: it has thousands of lanes to fill.")
     if verbose:
         print("throughput: one SGD step of MLP 784-256-256-10 (median of repeats)\n" + tab + "\n" + summary + "\n" + gpu_line)
     body = f"""One SGD step (forward, softmax cross-entropy, backward, update) of an MLP 784-256-256-10 on
@@ -176,7 +217,7 @@ that, splitting costs more than it saves. So 2 threads saturate at a larger batc
 {tab}
 """
     md = C.write_md(os.path.join(out, "throughput.md"), "throughput: why batching saves time", body)
-    return {"batch_sizes": batch_sizes, "threads": {th: res[th] for th in threads}, "gpu": gpu,
-            "saturation": {th: res[th]["saturation"] for th in threads}, "two_threads_win_from": crossover,
+    return {"batch_sizes": batch_sizes, "threads": {th: res[th] for th in curves}, "gpu": gpu,
+            "saturation": {th: res[th]["saturation"] for th in curves}, "two_threads_win_from": crossover,
             "load_average": load,
             "files": [png, md]}
