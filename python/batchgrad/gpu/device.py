@@ -7,6 +7,7 @@ kernels/prelude.wgsl), shader modules and pipelines are compiled once per proces
 from __future__ import annotations
 
 import os
+import tempfile
 import threading
 from importlib import resources
 from typing import Any
@@ -46,6 +47,12 @@ class Device:
 
     def __init__(self) -> None:
         wgpu = self.wgpu = _import_wgpu()
+        if "XDG_RUNTIME_DIR" not in os.environ and hasattr(os, "getuid"):
+            # Mesa's Vulkan drivers print "error: XDG_RUNTIME_DIR is invalid" on headless machines
+            # without one; compute needs no display, so give it a private empty directory
+            d = os.path.join(tempfile.gettempdir(), f"batchgrad-xdg-{os.getuid()}")
+            os.makedirs(d, mode=0o700, exist_ok=True)
+            os.environ["XDG_RUNTIME_DIR"] = d
         try:
             adapter = wgpu.gpu.request_adapter_sync(power_preference="high-performance")
         except Exception as e:  # wgpu-native raises when no backend has an adapter
