@@ -7,6 +7,7 @@ kernels/prelude.wgsl), shader modules and pipelines are compiled once per proces
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 import threading
 from importlib import resources
@@ -47,6 +48,14 @@ class Device:
 
     def __init__(self) -> None:
         wgpu = self.wgpu = _import_wgpu()
+        if "torch" in sys.modules:
+            # Mesa's software Vulkan (lavapipe) loads its own LLVM; importing triton (which torch
+            # imports lazily, e.g. in torch.optim) after it crashes the process. Loading triton's
+            # first is safe, so do that when torch is in use.
+            try:
+                import triton  # noqa: F401
+            except Exception:  # noqa: BLE001  (not installed, or a CPU-only torch)
+                pass
         if "XDG_RUNTIME_DIR" not in os.environ and hasattr(os, "getuid"):
             # Mesa's Vulkan drivers print "error: XDG_RUNTIME_DIR is invalid" on headless machines
             # without one; compute needs no display, so give it a private empty directory
