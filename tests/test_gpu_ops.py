@@ -158,3 +158,21 @@ def test_nan_and_inf_propagate_like_the_cpu(gpu):
         fin = np.isfinite(want)
         np.testing.assert_array_equal(got[~fin & ~np.isnan(want)], want[~fin & ~np.isnan(want)])
         np.testing.assert_allclose(got[fin], want[fin], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("entry", ["mm_big", "mm_mid", "mm_small"])
+@pytest.mark.parametrize("splits", [1, 3])
+def test_every_matmul_kernel_and_split_k_match_the_cpu(gpu, monkeypatch, entry, splits):
+    """The size rule picks one matmul kernel per shape: force each one (and a K split) on
+    awkward sizes and every transpose combination."""
+    from batchgrad.gpu.lower import matmul as mm
+
+    monkeypatch.setattr(mm, "choose", lambda M, N, K, nb: (entry, splits))
+    for ta in (False, True):
+        for tb in (False, True):
+            A = a(*((300, 37) if ta else (37, 300)))
+            B = a(*((5, 300) if tb else (300, 5)))
+            prog = _core.Program.from_nodes(
+                [{"kind": "input", "index": 0, "shape": list(A.shape)}, {"kind": "input", "index": 1, "shape": list(B.shape)},
+                 {"kind": "node", "op": "matmul", "attrs": {"ta": ta, "tb": tb}, "args": [0, 1], "shape": [37, 5]}], [2])
+            _check(prog, [A, B])
