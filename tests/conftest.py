@@ -3,14 +3,6 @@
 import numpy as np
 import pytest
 
-try:
-    # The GPU tests run on lavapipe, which loads Mesa's LLVM into the process; triton (imported
-    # lazily by torch.optim in the PyTorch comparisons) segfaults when it loads after that, and is
-    # fine before it. See batchgrad/gpu/device.py.
-    import triton  # noqa: F401
-except Exception:  # noqa: BLE001
-    pass
-
 
 @pytest.fixture
 def rng() -> np.random.Generator:

@@ -6,6 +6,7 @@ kernels/prelude.wgsl), shader modules and pipelines are compiled once per proces
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 import tempfile
@@ -48,13 +49,13 @@ class Device:
 
     def __init__(self) -> None:
         wgpu = self.wgpu = _import_wgpu()
-        if "torch" in sys.modules:
+        if "triton" not in sys.modules and importlib.util.find_spec("triton") is not None:
             # Mesa's software Vulkan (lavapipe) loads its own LLVM; importing triton (which torch
-            # imports lazily, e.g. in torch.optim) after it crashes the process. Loading triton's
-            # first is safe, so do that when torch is in use.
+            # imports lazily, e.g. in torch.optim) after it segfaults the process. Loading
+            # triton's first is safe, so do that whenever it is installed.
             try:
                 import triton  # noqa: F401
-            except Exception:  # noqa: BLE001  (not installed, or a CPU-only torch)
+            except Exception:  # noqa: BLE001
                 pass
         if "XDG_RUNTIME_DIR" not in os.environ and hasattr(os, "getuid"):
             # Mesa's Vulkan drivers print "error: XDG_RUNTIME_DIR is invalid" on headless machines
