@@ -10,12 +10,13 @@ import builtins
 import contextlib
 import functools
 import numbers
+import operator
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from . import _core
+from . import _args, _core
 
 __all__ = [
     "Tensor", "tensor", "as_tensor", "zeros", "ones", "full", "zeros_like", "ones_like", "randn", "rand", "arange",
@@ -54,14 +55,6 @@ def _var(x: Any) -> Any:
 
 def _t(x: Any) -> "Tensor":
     return x if isinstance(x, Tensor) else Tensor(_var(x))
-
-
-def _axes(axis: int | Sequence[int] | None) -> list[int]:
-    if axis is None:
-        return []
-    if isinstance(axis, (int, np.integer)):
-        return [int(axis)]
-    return [int(a) for a in axis]
 
 
 class Tensor:
@@ -257,14 +250,14 @@ class Tensor:
     def broadcast_to(self, shape: Sequence[int]) -> "Tensor": return broadcast_to(self, shape)
 
     def reshape(self, *shape: Any) -> "Tensor":
-        if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
-            shape = tuple(shape[0])
-        return reshape(self, shape)
+        """`t.reshape(2, 3)` or `t.reshape((2, 3))`, as numpy (one -1 infers that dimension)."""
+        return reshape(self, shape[0] if len(shape) == 1 else shape)
 
     def transpose(self, *axes: Any) -> "Tensor":
-        if len(axes) == 1 and (axes[0] is None or isinstance(axes[0], (tuple, list))):
+        """`t.transpose()` reverses the axes; `t.transpose(1, 0, 2)` or `t.transpose((1, 0, 2))` permutes them."""
+        if len(axes) == 1 and (axes[0] is None or isinstance(axes[0], (tuple, list, np.ndarray))):
             axes = axes[0]
-        return transpose(self, axes or None)
+        return transpose(self, None if axes is None or len(axes) == 0 else axes)
 
     @property
     def T(self) -> "Tensor":
@@ -298,13 +291,9 @@ def as_tensor(data: Any) -> Tensor:
     return data if isinstance(data, Tensor) else tensor(data)
 
 
-def _shape(shape: tuple) -> tuple[int, ...]:
-    if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
-        shape = tuple(shape[0])
-    out = tuple(int(s) for s in shape)
-    if any(s < 0 for s in out):
-        raise ValueError(f"negative dimensions are not allowed, got shape {out}")
-    return out
+def _shape(shape: tuple, fn: str) -> tuple[int, ...]:
+    """The shape of `zeros(2, 3)` / `zeros((2, 3))`: ints (operator.index), each in 0..2**63-1."""
+    return _args.shape(shape[0] if len(shape) == 1 else shape, "shape", fn)
 
 
 def _filled(shape: tuple[int, ...], value: float, requires_grad: bool) -> Tensor:
@@ -319,15 +308,15 @@ def _filled(shape: tuple[int, ...], value: float, requires_grad: bool) -> Tensor
 
 
 def zeros(*shape: Any, requires_grad: bool = False) -> Tensor:
-    return _filled(_shape(shape), 0.0, requires_grad)
+    return _filled(_shape(shape, "zeros"), 0.0, requires_grad)
 
 
 def ones(*shape: Any, requires_grad: bool = False) -> Tensor:
-    return _filled(_shape(shape), 1.0, requires_grad)
+    return _filled(_shape(shape, "ones"), 1.0, requires_grad)
 
 
 def full(shape: Sequence[int], value: float, requires_grad: bool = False) -> Tensor:
-    return _filled(_shape((shape,)), float(value), requires_grad)
+    return _filled(_shape((shape,), "full"), float(value), requires_grad)
 
 
 def zeros_like(x: Tensor, requires_grad: bool = False) -> Tensor:
@@ -341,13 +330,13 @@ def ones_like(x: Tensor, requires_grad: bool = False) -> Tensor:
 def randn(*shape: Any, seed: int | None = None, requires_grad: bool = False) -> Tensor:
     """Standard normal samples from numpy's PCG64 generator seeded with `seed`."""
     rng = np.random.default_rng(seed)
-    return Tensor(_core.from_numpy(rng.standard_normal(_shape(shape), dtype=np.float32), requires_grad))
+    return Tensor(_core.from_numpy(rng.standard_normal(_shape(shape, "randn"), dtype=np.float32), requires_grad))
 
 
 def rand(*shape: Any, seed: int | None = None, requires_grad: bool = False) -> Tensor:
     """Uniform [0, 1) samples from numpy's PCG64 generator seeded with `seed`."""
     rng = np.random.default_rng(seed)
-    return Tensor(_core.from_numpy(rng.random(_shape(shape), dtype=np.float32), requires_grad))
+    return Tensor(_core.from_numpy(rng.random(_shape(shape, "rand"), dtype=np.float32), requires_grad))
 
 
 def arange(start: float, stop: float | None = None, step: float = 1, requires_grad: bool = False) -> Tensor:
@@ -480,9 +469,12 @@ def where(cond: Any, a: Any, b: Any) -> Tensor:
 # ---- reductions -------------------------------------------------------------------------------
 def _reduce(name: str, x: Any, axis: Any, keepdims: bool) -> Tensor:
     x = _t(x)
-    if axis is not None and not isinstance(axis, (int, np.integer)) and len(axis) == 0:
+    if axis is None:
+        return _op(name, x, axes=[], keepdims=bool(keepdims))  # no axes: all of them
+    axes = _args.axes(axis, x.ndim, "axis", name)
+    if not axes:
         return reshape(x, x.shape)  # numpy: axis=() reduces nothing
-    return _op(name, x, axes=_axes(axis), keepdims=bool(keepdims))
+    return _op(name, x, axes=axes, keepdims=bool(keepdims))
 
 
 def sum(x: Any, axis: Any = None, keepdims: bool = False) -> Tensor:  # noqa: A001
@@ -503,49 +495,96 @@ def logsumexp(x: Any, axis: Any = None, keepdims: bool = False) -> Tensor:
 
 
 def softmax(x: Any, axis: int = -1) -> Tensor:
-    return _op("softmax", _t(x), axis=int(axis))
+    x = _t(x)
+    return _op("softmax", x, axis=_args.axis(axis, x.ndim, "axis", "softmax"))
 
 
 def log_softmax(x: Any, axis: int = -1) -> Tensor:
-    return _op("log_softmax", _t(x), axis=int(axis))
+    x = _t(x)
+    return _op("log_softmax", x, axis=_args.axis(axis, x.ndim, "axis", "log_softmax"))
 
 
 # ---- movement ----------------------------------------------------------------------------------
 def reshape(x: Any, shape: Any) -> Tensor:
-    if isinstance(shape, (int, np.integer)):
-        shape = (shape,)
-    return _op("reshape", _t(x), shape=[int(s) for s in shape])
+    """numpy.reshape: `shape` is an int or a sequence of ints, one of which may be -1."""
+    return _op("reshape", _t(x), shape=list(_args.shape(shape, "shape", "reshape", allow_unknown=True)))
 
 
 def transpose(x: Any, axes: Sequence[int] | None = None) -> Tensor:
-    return _op("transpose", _t(x), perm=_axes(axes))
+    """numpy.transpose: reverse the axes (`axes=None`) or permute them."""
+    x = _t(x)
+    perm = [] if axes is None else _args.axes(axes, x.ndim, "axes", "transpose")
+    return _op("transpose", x, perm=perm)
 
 
 def broadcast_to(x: Any, shape: Sequence[int]) -> Tensor:
-    shape = (shape,) if isinstance(shape, (int, np.integer)) else shape
-    return _op("broadcast_to", _t(x), shape=[int(s) for s in shape])
+    return _op("broadcast_to", _t(x), shape=list(_args.shape(shape, "shape", "broadcast_to")))
 
 
-def concatenate(xs: Sequence[Any], axis: int = 0) -> Tensor:
+def _join(name: str, xs: Sequence[Any], axis: Any, extra: int) -> Tensor:
     if len(xs) == 0:
-        raise ValueError("concatenate: need at least one tensor")
-    return Tensor(_core.apply("concatenate", [_var(x) for x in xs], {"axis": int(axis)}))
+        raise ValueError(f"{name}: need at least one tensor")
+    vs = [_var(x) for x in xs]
+    ax = _args.axis(axis, len(vs[0].shape) + extra, "axis", name)
+    return Tensor(_core.apply(name, vs, {"axis": ax}))
+
+
+def concatenate(xs: Sequence[Any], axis: int | None = 0) -> Tensor:
+    """numpy.concatenate along `axis` (`axis=None` flattens the inputs first, as numpy)."""
+    if axis is None and len(xs) > 0:
+        xs = [reshape(x, (-1,)) for x in xs]
+        axis = 0
+    return _join("concatenate", xs, axis, 0)
 
 
 def stack(xs: Sequence[Any], axis: int = 0) -> Tensor:
-    if len(xs) == 0:
-        raise ValueError("stack: need at least one tensor")
-    return Tensor(_core.apply("stack", [_var(x) for x in xs], {"axis": int(axis)}))
+    return _join("stack", xs, axis, 1)
 
 
-def take(x: Any, indices: Any, axis: int = 0) -> Tensor:
-    """Gather along `axis` with an integer array (negative and repeated indices allowed)."""
-    idx = np.asarray(indices.numpy() if isinstance(indices, Tensor) else indices)
-    if idx.dtype.kind not in "iu" and not (idx.dtype.kind == "f" and np.all(np.mod(idx, 1) == 0)):
-        raise IndexError(f"take: indices must be integers, got dtype {idx.dtype}")
-    flat = idx.astype(np.int64).reshape(-1)
+def _int_indices(idx: np.ndarray, size: int, axis: int, fn: str, floats: bool) -> np.ndarray:
+    """`idx` as int64 (same shape). Integer-valued floats are accepted only when `floats` (a
+    Tensor's values, or `take`); an index beyond int64 is out of bounds (IndexOverflowError,
+    an IndexError and an OverflowError as numpy's); anything else is an IndexError."""
+    def oob(v: Any) -> IndexError:
+        return _args.IndexOverflowError(f"index {v} is out of bounds for axis {axis} with size {size}")
+
+    kind = idx.dtype.kind
+    if kind == "i":
+        return idx.astype(np.int64, copy=False)
+    if kind == "u":
+        big = idx > np.uint64(_args.INT64_MAX)
+        if np.any(big):
+            raise oob(int(idx[big].flat[0]))
+        return idx.astype(np.int64)
+    if kind == "f" and floats:
+        bad = ~np.isfinite(idx) | (np.mod(idx, 1) != 0) if idx.size else np.zeros(0, bool)
+        if np.any(bad):
+            raise IndexError(f"{fn}: indices must be integers, got the non-integer index {idx[bad].flat[0]}")
+        big = np.abs(idx) >= 2.0**63
+        if np.any(big):
+            raise oob(int(idx[big].flat[0]))
+        return idx.astype(np.int64)
+    if kind == "O" and idx.size and all(isinstance(v, int) and not isinstance(v, bool) for v in idx.flat):
+        big = [v for v in idx.flat if not _args.INT64_MIN <= v <= _args.INT64_MAX]
+        if big:
+            raise oob(big[0])
+        return idx.astype(np.int64)
+    if kind == "f":
+        raise IndexError(f"{fn}: arrays used as indices must be of integer (or boolean) type, got dtype {idx.dtype}")
+    raise IndexError(f"{fn}: indices must be integers, got dtype {idx.dtype}")
+
+
+def take(x: Any, indices: Any, axis: int | None = 0) -> Tensor:
+    """Gather along `axis` with an integer array (negative and repeated indices allowed);
+    `axis=None` takes from the flattened tensor (as numpy)."""
     x = _t(x)
-    out = _op("take", x, idx=flat.tolist(), axis=int(axis))
+    if axis is None:
+        x, axis = reshape(x, (-1,)), 0
+    axis = _args.axis(axis, x.ndim, "axis", "take")
+    idx = np.asarray(indices.numpy() if isinstance(indices, Tensor) else indices)
+    size = x.shape[axis]
+    flat = _int_indices(idx, size, axis, "take", floats=True).reshape(-1)
+    out = _op("take", x, idx=flat.tolist(), axis=axis)
     if idx.ndim != 1:
         ax = axis % x.ndim
         out = reshape(out, x.shape[:ax] + idx.shape + x.shape[ax + 1:])
@@ -558,11 +597,24 @@ def matmul(a: Any, b: Any) -> Tensor:
     if a.ndim == 0 or b.ndim == 0:
         raise ValueError(f"matmul: scalar operands are not allowed (shapes {a.shape} and {b.shape}); use *")
     va, vb = a.ndim == 1, b.ndim == 1
+    shapes = (list(a.shape), list(b.shape))
     if va:
         a = reshape(a, (1, a.shape[0]))
     if vb:
         b = reshape(b, (b.shape[0], 1))
-    out = _op("matmul", a, b)
+    try:
+        out = _op("matmul", a, b)
+    except ValueError as e:
+        if not (va or vb):
+            raise
+        # report the shapes the caller passed, not the promoted 2-D ones
+        promoted = f"shapes {list(a.shape)} and {list(b.shape)}"
+        msg = str(e)
+        if promoted in msg:
+            msg = msg.replace(promoted, f"shapes {shapes[0]} and {shapes[1]}")
+        else:
+            msg = f"{msg} (operands of shapes {shapes[0]} and {shapes[1]})"
+        raise type(e)(msg) from None
     if va or vb:
         shp = out.shape
         shp = shp[:-2] + (() if va else shp[-2:-1]) + (() if vb else shp[-1:])
@@ -605,9 +657,11 @@ def _getitem(x: Tensor, key: Any) -> Tensor:
         if isinstance(k, (bool, np.bool_)):
             raise IndexError("boolean scalars are not supported as indices")
         if isinstance(k, (int, np.integer)) or (isinstance(k, Tensor) and k.ndim == 0 and not k._bool):
-            i = int(k)
+            # a 0-d Tensor holds a float: it must be integer-valued (1.5 is refused, not truncated)
+            i = int(_int_indices(np.asarray(k.numpy()), size, dim, "indexing", True)) if isinstance(k, Tensor) else operator.index(k)
             if not -size <= i < size:
-                raise IndexError(f"index {i} is out of bounds for axis {dim} with size {size}")
+                err = IndexError if _args.INT64_MIN <= i <= _args.INT64_MAX else _args.IndexOverflowError
+                raise err(f"index {i} is out of bounds for axis {dim} with size {size}")
             starts.append(i % size)
             steps.append(1)
             lens.append(1)
@@ -620,15 +674,26 @@ def _getitem(x: Tensor, key: Any) -> Tensor:
             lens.append(n)
             out_shape.append(n)
         else:
-            idx = np.asarray(k.numpy() if isinstance(k, Tensor) else k)
+            bad = f"only integers, slices, None, ellipsis and integer or boolean arrays are valid indices, got {k!r}"
+            try:
+                idx = np.asarray(k.numpy() if isinstance(k, Tensor) else k)
+            except (ValueError, TypeError):
+                raise IndexError(bad) from None
+            if isinstance(k, list) and idx.size == 0:
+                idx = idx.astype(np.int64)  # numpy: x[[]] is an empty integer index
             if idx.dtype == np.bool_:
                 if idx.ndim != 1 or idx.shape[0] != size:
                     raise IndexError(f"boolean index of shape {idx.shape} does not match axis {dim} of size {size}")
                 idx = np.flatnonzero(idx)
-            if idx.dtype.kind == "f" and np.all(np.mod(idx, 1) == 0):
-                idx = idx.astype(np.int64)
-            if idx.dtype.kind not in "iu":
-                raise IndexError(f"only integers, slices, None, ellipsis and integer or boolean arrays are valid indices, got {k!r}")
+            if isinstance(k, Tensor):
+                idx = _int_indices(idx, size, dim, "indexing", True)  # a Tensor holds floats: integer values only
+            elif idx.dtype.kind in "iu" or (idx.dtype.kind == "O" and idx.size > 0 and builtins.all(
+                    isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in idx.flat)):
+                idx = _int_indices(idx, size, dim, "indexing", False)
+            elif isinstance(k, np.ndarray) and idx.dtype.kind == "f":
+                raise IndexError(f"arrays used as indices must be of integer (or boolean) type, got dtype {idx.dtype}")
+            else:
+                raise IndexError(bad)  # floats (also 2.0), strings, None inside a list, other objects
             if advanced is not None:
                 raise IndexError("only one integer-array index per indexing expression is supported")
             starts.append(0)

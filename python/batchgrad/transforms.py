@@ -25,7 +25,7 @@ import numpy as np
 
 import sys
 
-from . import _core
+from . import _args, _core
 from .tensor import Tensor
 
 T = sys.modules[__package__ + ".tensor"]  # the module (the package attribute `tensor` is bg.tensor())
@@ -511,8 +511,11 @@ def vmap(f: Callable[..., Any], in_axes: int | None | Sequence[int | None] = 0, 
         flags: list[bool] = []
         sizes: dict[int, int] = {}
         for k, (a, ax) in enumerate(zip(args, axes)):
-            if ax is not None and not isinstance(ax, (int, np.integer)):
-                raise ValueError(f"vmap: in_axes entries must be an int or None, got {ax!r} for argument {k}")
+            if ax is not None:  # operator.index: no floats, strings or bools (a TypeError, as numpy / jax)
+                try:
+                    ax = _args.index(ax, "in_axes", "vmap")
+                except TypeError:
+                    raise TypeError(f"vmap: in_axes entries must be an int or None, got {ax!r} for argument {k}") from None
             leaves, _ = tree_flatten(a)
             for x in leaves:
                 if ax is None:
@@ -520,7 +523,7 @@ def vmap(f: Callable[..., Any], in_axes: int | None | Sequence[int | None] = 0, 
                     flags.append(False)
                     continue
                 if x.ndim == 0 or not -x.ndim <= ax < x.ndim:
-                    raise ValueError(f"vmap: in_axes={ax} for argument {k}, but it has shape {x.shape}")
+                    raise _args.AxisError(f"vmap: in_axes={ax} for argument {k}, but it has shape {x.shape}")
                 x = _move_axis(x, ax, 0)
                 sizes.setdefault(x.shape[0], k)
                 leaves_all.append(x)
@@ -542,13 +545,16 @@ def vmap(f: Callable[..., Any], in_axes: int | None | Sequence[int | None] = 0, 
             if cache:
                 graphs[key] = g
         oax = list(out_axes) if isinstance(out_axes, (list, tuple)) else [out_axes] * len(g.outputs)
+        if len(oax) != len(g.outputs):
+            raise ValueError(f"vmap: out_axes has {len(oax)} entries but the function returned {len(g.outputs)} outputs")
+        oax = [_args.axis(ax, None, "out_axes", "vmap") for ax in oax]
 
         def run_batched(*leaves: Tensor) -> list[Tensor]:
             res = []
             for (v, b), ax in zip(_interpret(g.nodes, g.outputs, leaves, flags, B), oax):
                 if not b:
                     v = T.broadcast_to(v, (B,) + v.shape)
-                res.append(_move_axis(v, 0, ax))
+                res.append(_move_axis(v, 0, _args.axis(ax, v.ndim, "out_axes", "vmap")))
             return res
 
         # Nothing to differentiate and not inside a trace: replay the batched graph as ONE flat
@@ -580,6 +586,7 @@ def replicate(f: Callable[..., Any], B: int, in_axes: int | None | Sequence[int 
     arguments) and one node that sums (or averages) the B scalar results."""
     if reduction not in ("sum", "mean"):
         raise ValueError(f"replicate: reduction must be 'sum' or 'mean', got {reduction!r}")
+    B = _args.size(B, "B", "replicate", minimum=1)
 
     def replicated(*args: Any) -> Tensor:
         axes = list(in_axes) if isinstance(in_axes, (list, tuple)) else [in_axes] * len(args)
@@ -594,8 +601,9 @@ def replicate(f: Callable[..., Any], B: int, in_axes: int | None | Sequence[int 
                 else:
                     leaves, tree = tree_flatten(a)
                     for x in leaves:
+                        ax = _args.axis(ax, x.ndim, "in_axes", "replicate")
                         if x.shape[ax] != B:
-                            raise ValueError(f"replicate: expected {B} examples along axis {ax}, got shape {x.shape}")
+                            raise ValueError(f"replicate: expected B={B} examples along axis {ax}, got shape {x.shape}")
                     ex.append(tree_unflatten(tree, [T.take(x, [i], axis=ax).reshape(x.shape[:ax] + x.shape[ax + 1:]) for x in leaves]))
             losses.append(f(*ex))
         total = losses[0]

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from .. import _core
+from .. import _args, _core
 from ..tensor import _TRACE_DEPTH, Tensor, as_tensor, exp, log, maximum, relu, reshape, sigmoid, tanh
 from ..tensor import abs as _abs
 from ..tensor import log_softmax as _log_softmax
@@ -209,9 +209,11 @@ def linear_relu(input: Any, weight: Tensor, bias: Tensor) -> Tensor:
 
 def softmax(input: Any, dim: int = -1) -> Tensor:
     """Softmax along ``dim`` (stable)."""
-    return _softmax(input, dim)
+    x = as_tensor(input)
+    return _softmax(x, _args.axis(dim, x.ndim, "dim", "softmax"))
 
 
 def log_softmax(input: Any, dim: int = -1) -> Tensor:
     """Log-softmax along ``dim`` (stable)."""
-    return _log_softmax(input, dim)
+    x = as_tensor(input)
+    return _log_softmax(x, _args.axis(dim, x.ndim, "dim", "log_softmax"))
