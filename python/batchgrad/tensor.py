@@ -23,7 +23,7 @@ __all__ = [
     "no_grad", "enable_grad", "is_grad_enabled", "set_num_threads", "get_num_threads",
     "exp", "log", "sqrt", "tanh", "sigmoid", "relu", "abs", "sign", "maximum", "minimum", "clip", "where",
     "sum", "mean", "max", "reshape", "transpose", "broadcast_to", "concatenate", "stack", "matmul",
-    "softmax", "log_softmax", "logsumexp", "take", "square", "pow",
+    "softmax", "log_softmax", "logsumexp", "take", "square", "pow", "from_dlpack",
 ]
 
 _Scalar = (numbers.Number, np.number, np.bool_)
@@ -145,6 +145,24 @@ class Tensor:
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
         a = self.numpy()
         return a if dtype is None else a.astype(dtype)
+
+    # ---- interop: DLPack, pickle, copy
+    def __dlpack__(self, **kwargs: Any) -> Any:
+        """Export the buffer without a copy (`torch.from_dlpack(t)`, `np.from_dlpack(t)`,
+        `jax.numpy.from_dlpack(t)`), through the read-only numpy view of `numpy()`. The
+        buffer is shared: treat the result as read-only (torch does not honour the flag)."""
+        if self._bool:
+            raise BufferError("__dlpack__: a boolean mask has no float32 buffer to share; export bg.where(mask, 1.0, 0.0)")
+        return self.numpy().__dlpack__(**kwargs)
+
+    def __dlpack_device__(self) -> tuple[int, int]:
+        return (1, 0)  # kDLCPU, device 0
+
+    def __reduce__(self) -> tuple:
+        """Pickle / copy.deepcopy: the values (and `.grad`, `requires_grad`) as a new leaf."""
+        g = self._v.grad
+        return (_rebuild, (np.array(self._v.numpy()), self.requires_grad, self._bool,
+                           None if g is None else np.array(g.numpy())))
 
     def item(self) -> float | bool:
         _check_concrete(self, "read .item() of")
@@ -271,6 +289,20 @@ class Tensor:
 
 
 # ---- construction -------------------------------------------------------------------------------
+def _rebuild(values: np.ndarray, requires_grad: bool, is_bool: bool, grad: np.ndarray | None) -> Tensor:
+    t = Tensor(_core.from_numpy(np.ascontiguousarray(values, np.float32), bool(requires_grad)), is_bool)
+    if grad is not None:
+        t._v.set_grad(_core.from_numpy(np.ascontiguousarray(grad, np.float32), False))
+    return t
+
+
+def from_dlpack(x: Any) -> Tensor:
+    """A Tensor from any DLPack exporter (torch, numpy, jax, cupy on the CPU). The values are
+    read without a copy through numpy and then copied once into a float32 buffer of ours
+    (batchgrad owns its storage: a foreign buffer could change or be freed under the tape)."""
+    return Tensor(_core.from_numpy(np.ascontiguousarray(np.from_dlpack(x), np.float32), False))
+
+
 def tensor(data: Any, requires_grad: bool = False) -> Tensor:
     """A new float32 tensor from a numpy array, nested lists or a scalar (data is copied)."""
     if isinstance(data, Tensor):
