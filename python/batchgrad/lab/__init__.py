@@ -22,7 +22,8 @@ takes ``seed`` and ``quick``, and returns a dict of its measured numbers and fil
 - ``all``: every experiment, plus ``report.md`` joining their reports.
 
 Nothing here is imported by ``import batchgrad`` beyond this module; matplotlib is imported only
-when an experiment runs.
+when an experiment runs. Without matplotlib the experiments still run, print their tables and write
+their reports: they skip the PNGs and say so in one line (``pip install "batchgrad[plot]"`` adds them).
 """
 
 from __future__ import annotations
@@ -117,7 +118,8 @@ def add_lab_parser(subparsers: Any) -> argparse.ArgumentParser:
         "lab", help="run a minibatch experiment (plots + a markdown report): " + ", ".join(choices),
         description="The minibatch lab: each experiment writes PNG plots and <experiment>.md into --out and prints "
         "its key table.\n\n" + "\n".join(f"  {k:<11} {v[1]}" for k, v in EXPERIMENTS.items())
-        + "\n  all         every experiment, plus report.md",
+        + "\n  all         every experiment, plus report.md"
+        + "\n\nThe plots need matplotlib (pip install \"batchgrad[plot]\"); without it they are skipped.",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("experiment", choices=choices, metavar="EXPERIMENT", help="one of: " + ", ".join(choices))
     p.add_argument("--out", default=DEFAULT_OUT, metavar="DIR", help=f"output folder (default: {DEFAULT_OUT})")

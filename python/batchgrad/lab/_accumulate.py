@@ -96,19 +96,21 @@ def run(out: str = "batchgrad-lab", seed: int = 0, quick: bool = False, k: int =
         timing.append({"micro_batches": kk, "micro_batch": total // kk, "step_ms": sec * 1e3})
 
     # ---- plot
-    fig, axes = C.figure(1, 1, size=(6.0, 4.0))
-    ax = axes[0][0]
-    ax.plot([t["micro_batches"] for t in timing], [t["step_ms"] for t in timing], "o-", color="tab:purple")
-    for t in timing:
-        ax.annotate(f"b={t['micro_batch']}", (t["micro_batches"], t["step_ms"]), textcoords="offset points",
-                    xytext=(-10, 7), fontsize=7.5)
-    ax.set_xscale("log", base=2)
-    ax.set_yscale("log")
-    ax.set_xlabel(f"micro-batches k per step (k x b = {total} examples)")
-    ax.set_ylabel("time per optimizer step (ms)")
-    ax.set_title(f"same update, different cost (max |diff| {max(diffs.values()):.1e})")
-    ax.grid(True, alpha=0.3)
-    png = C.savefig(fig, os.path.join(out, "accumulate.png"))
+    png = None
+    if C.can_plot(verbose):
+        fig, axes = C.figure(1, 1, size=(6.0, 4.0))
+        ax = axes[0][0]
+        ax.plot([t["micro_batches"] for t in timing], [t["step_ms"] for t in timing], "o-", color="tab:purple")
+        for t in timing:
+            ax.annotate(f"b={t['micro_batch']}", (t["micro_batches"], t["step_ms"]), textcoords="offset points",
+                        xytext=(-10, 7), fontsize=7.5)
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel(f"micro-batches k per step (k x b = {total} examples)")
+        ax.set_ylabel("time per optimizer step (ms)")
+        ax.set_title(f"same update, different cost (max |diff| {max(diffs.values()):.1e})")
+        ax.grid(True, alpha=0.3)
+        png = C.savefig(fig, os.path.join(out, "accumulate.png"))
 
     dtab = C.table(["method", f"max |param - one batch of {n}| after {steps} steps"],
                    [[name, f"{v:.3g}"] for name, v in diffs.items()])
@@ -129,7 +131,7 @@ So the averaging batch (what the optimizer step sees) and the compute batch (wha
 forward/backward holds in memory) are separate choices: accumulate when {n} examples do not fit.
 The price is time, not the result - one step of {total} examples computed as k micro-batches:
 
-![accumulate](accumulate.png)
+{C.md_image("accumulate", png)}
 
 {ttab}
 
@@ -139,4 +141,4 @@ k times.
 """
     md = C.write_md(os.path.join(out, "accumulate.md"), "accumulate: k micro-batches of b = one batch of k*b", body)
     return {"k": k, "b": b, "steps": steps, "max_abs_diff": max(diffs.values()), "diffs": diffs, "moved": moved,
-            "timing": timing, "files": [png, md]}
+            "timing": timing, "files": C.written(png, md)}

@@ -87,39 +87,41 @@ def run(out: str = "batchgrad-lab", seed: int = 0, quick: bool = False, batch_si
                                   "diverged": sum(r["diverged"] for r in rs), "seeds": len(rs)})
 
     # ---- plot
-    fig, axes = C.figure(3, 1, size=(4.4, 4.0))
-    a1, a2, a3 = axes[0]
-    styles = {"fixed": ("tab:blue", "o", f"fixed lr = {lr:g}"), "scaled": ("tab:red", "s", f"lr = {lr:g} * B / {ref_batch}")}
-    for mode, (col, mk, lab) in styles.items():
-        S = summary[mode]
-        bs = [s["batch"] for s in S]
-        a1.errorbar(bs, [s["train_loss"] for s in S], yerr=[s["train_loss_std"] for s in S], fmt=mk + "-", color=col,
-                     capsize=3, label=lab)
-        a2.errorbar(bs, [100 * s["test_acc"] for s in S], yerr=[100 * s["test_acc_std"] for s in S], fmt=mk + "-",
-                    color=col, capsize=3, label=lab)
-    for a_ in (a1, a2):
-        a_.set_xscale("log", base=2)
-        a_.set_xlabel("batch size B")
-        a_.legend(fontsize=8)
-        a_.grid(True, alpha=0.3)
-    a1.set_yscale("log")
-    a1.set_ylabel(f"training loss after {epochs} epochs")
-    a1.set_title(f"final training loss (mean +- sd, {seeds} seeds)")
-    a2.set_ylabel("test accuracy (%)")
-    a2.set_title("test accuracy")
-    cmap = [f"C{i}" for i in range(10)]
-    for i, b in enumerate(batch_sizes):
-        curves = [r["epoch_loss"] for r in runs["fixed"][b] if not r["diverged"] and r["epoch_loss"]]
-        if curves:
-            m = np.mean(np.array(curves), axis=0)
-            a3.plot(np.arange(1, len(m) + 1), m, "o-", ms=3, color=cmap[i % 10],
-                    label=f"B={b} ({math.ceil(N / b)} steps/epoch)")
-    a3.set_yscale("log")
-    a3.set_xlabel("epoch")
-    a3.set_ylabel("mean training loss during the epoch")
-    a3.set_title(f"fixed lr = {lr:g}: loss per epoch")
-    a3.legend(fontsize=7.5)
-    png = C.savefig(fig, os.path.join(out, "batchsize.png"))
+    png = None
+    if C.can_plot(verbose):
+        fig, axes = C.figure(3, 1, size=(4.4, 4.0))
+        a1, a2, a3 = axes[0]
+        styles = {"fixed": ("tab:blue", "o", f"fixed lr = {lr:g}"), "scaled": ("tab:red", "s", f"lr = {lr:g} * B / {ref_batch}")}
+        for mode, (col, mk, lab) in styles.items():
+            S = summary[mode]
+            bs = [s["batch"] for s in S]
+            a1.errorbar(bs, [s["train_loss"] for s in S], yerr=[s["train_loss_std"] for s in S], fmt=mk + "-", color=col,
+                         capsize=3, label=lab)
+            a2.errorbar(bs, [100 * s["test_acc"] for s in S], yerr=[100 * s["test_acc_std"] for s in S], fmt=mk + "-",
+                        color=col, capsize=3, label=lab)
+        for a_ in (a1, a2):
+            a_.set_xscale("log", base=2)
+            a_.set_xlabel("batch size B")
+            a_.legend(fontsize=8)
+            a_.grid(True, alpha=0.3)
+        a1.set_yscale("log")
+        a1.set_ylabel(f"training loss after {epochs} epochs")
+        a1.set_title(f"final training loss (mean +- sd, {seeds} seeds)")
+        a2.set_ylabel("test accuracy (%)")
+        a2.set_title("test accuracy")
+        cmap = [f"C{i}" for i in range(10)]
+        for i, b in enumerate(batch_sizes):
+            curves = [r["epoch_loss"] for r in runs["fixed"][b] if not r["diverged"] and r["epoch_loss"]]
+            if curves:
+                m = np.mean(np.array(curves), axis=0)
+                a3.plot(np.arange(1, len(m) + 1), m, "o-", ms=3, color=cmap[i % 10],
+                        label=f"B={b} ({math.ceil(N / b)} steps/epoch)")
+        a3.set_yscale("log")
+        a3.set_xlabel("epoch")
+        a3.set_ylabel("mean training loss during the epoch")
+        a3.set_title(f"fixed lr = {lr:g}: loss per epoch")
+        a3.legend(fontsize=7.5)
+        png = C.savefig(fig, os.path.join(out, "batchsize.png"))
 
     rows = []
     for mode in modes:
@@ -137,7 +139,7 @@ def run(out: str = "batchgrad-lab", seed: int = 0, quick: bool = False, batch_si
     best = min(fixed, key=lambda s: s["train_loss"] if math.isfinite(s["train_loss"]) else math.inf)
     body = f"""{head}.
 
-![batchsize](batchsize.png)
+{C.md_image("batchsize", png)}
 
 {tab}
 
@@ -156,4 +158,4 @@ hundred, with the learning rate tuned for it.
 """
     md = C.write_md(os.path.join(out, "batchsize.md"), "batchsize: final loss and accuracy against batch size", body)
     return {"N": N, "epochs": epochs, "seeds": seeds, "batch_sizes": batch_sizes, "summary": summary,
-            "seconds": elapsed, "files": [png, md]}
+            "seconds": elapsed, "files": C.written(png, md)}

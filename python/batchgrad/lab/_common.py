@@ -18,13 +18,53 @@ def out_dir(out: str | os.PathLike) -> str:
     return path
 
 
+PLOT_HINT = 'pip install "batchgrad[plot]"'
+SKIPPED_NOTE = (f"plots skipped: matplotlib is not installed ({PLOT_HINT} to draw them); "
+                "the tables and the markdown report are written as usual")
+_skip_noted = False
+
+
+def have_matplotlib() -> bool:
+    """Whether matplotlib can be imported (the lab's plots need it; nothing else does)."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def can_plot(verbose: bool = True) -> bool:
+    """True if matplotlib is there to draw an experiment's plots. Otherwise False, after saying so
+    in one line (once per process, and only when `verbose`): the experiment then skips its PNGs
+    and still prints its tables and writes its report."""
+    global _skip_noted
+    if have_matplotlib():
+        return True
+    if verbose and not _skip_noted:
+        print(SKIPPED_NOTE, flush=True)
+        _skip_noted = True
+    return False
+
+
+def md_image(name: str, png: str | None) -> str:
+    """The markdown for an experiment's plot: the image, or a line saying why it is missing."""
+    if png:
+        return f"![{name}]({os.path.basename(png)})"
+    return f"*(plot not drawn: matplotlib was not installed; `{PLOT_HINT}` and run again to get {name}.png)*"
+
+
+def written(*paths: str | None) -> list[str]:
+    """The files an experiment wrote (a skipped plot is None)."""
+    return [p for p in paths if p]
+
+
 def figure(ncols: int = 1, nrows: int = 1, size: tuple[float, float] = (6.4, 4.4)) -> tuple[Any, Any]:
     """A matplotlib Figure (object API, Agg canvas: no display, no global pyplot state)."""
     try:
         from matplotlib.figure import Figure
-    except ImportError:  # pragma: no cover - matplotlib is a test dependency
-        raise ImportError("the batchgrad lab draws its plots with matplotlib: pip install matplotlib "
-                          "(or pip install 'batchgrad[plot]')") from None
+    except ImportError:
+        raise ImportError(f"the batchgrad lab draws its plots with matplotlib: {PLOT_HINT} "
+                          "(or pip install matplotlib)") from None
     fig = Figure(figsize=(size[0] * ncols, size[1] * nrows), dpi=DPI)
     axes = fig.subplots(nrows, ncols, squeeze=False)
     return fig, axes

@@ -109,34 +109,36 @@ def run(out: str = "batchgrad-lab", seed: int = 0, quick: bool = False, hidden: 
     noise_scale = sigma2 / signal  # B at which the (with-replacement) noise equals the signal ||g||^2
 
     # ---- plot
-    fig, axes = C.figure(2, 1, size=(5.0, 4.2))
-    a1, a2 = axes[0]
-    Bline = np.unique(np.concatenate([np.geomspace(1, N - 1, 200), Bn]))
-    a1.plot(Bline, sigma2 / Bline, "--", color="gray", label=r"$\sigma^2/B$ (with replacement)")
-    a1.plot(Bline, sigma2 / Bline * (N - Bline) / (N - 1), "-", color="tab:blue",
-            label=r"$\sigma^2/B \cdot (N-B)/(N-1)$ (without replacement)")
-    a1.errorbar(Bn, meas_a, yerr=2 * np.array(sem), fmt="o", color="tab:red", ms=5, capsize=2,
-                label=f"measured ({reps} random minibatches per B)")
-    a1.axhline(signal, color="tab:green", ls=":", lw=1.2, label=r"signal $\|g\|^2$ (full gradient)")
-    a1.axvline(noise_scale, color="tab:green", ls=":", lw=0.8)
-    a1.text(noise_scale * 1.1, signal * 1.3, f"noise = signal\nat B ~ {noise_scale:.0f}", fontsize=8, color="tab:green")
-    a1.set_xscale("log", base=2)
-    a1.set_yscale("log")
-    a1.set_ylim(min(meas) / 4, max(max(meas), signal) * 2)
-    a1.set_xlabel("minibatch size B")
-    a1.set_ylabel(r"$E\,\|g_B - g\|^2$")
-    a1.set_title(f"minibatch gradient noise, N = {N} digits (slope {slope_small:.3f})")
-    a1.legend(fontsize=7.5, loc="lower left")
-    a2.plot(Bn, meas_a / np.array(law), "s-", color="gray", label="measured / (1/B law)")
-    a2.plot(Bn, ratio, "o-", color="tab:blue", label="measured / corrected law")
-    a2.axhline(1.0, color="k", lw=0.8)
-    a2.set_xscale("log", base=2)
-    a2.set_ylim(0, 1.3)
-    a2.set_xlabel("minibatch size B")
-    a2.set_ylabel("ratio")
-    a2.set_title("the finite-population correction matters as B -> N")
-    a2.legend(fontsize=8, loc="lower left")
-    png = C.savefig(fig, os.path.join(out, "noise.png"))
+    png = None
+    if C.can_plot(verbose):
+        fig, axes = C.figure(2, 1, size=(5.0, 4.2))
+        a1, a2 = axes[0]
+        Bline = np.unique(np.concatenate([np.geomspace(1, N - 1, 200), Bn]))
+        a1.plot(Bline, sigma2 / Bline, "--", color="gray", label=r"$\sigma^2/B$ (with replacement)")
+        a1.plot(Bline, sigma2 / Bline * (N - Bline) / (N - 1), "-", color="tab:blue",
+                label=r"$\sigma^2/B \cdot (N-B)/(N-1)$ (without replacement)")
+        a1.errorbar(Bn, meas_a, yerr=2 * np.array(sem), fmt="o", color="tab:red", ms=5, capsize=2,
+                    label=f"measured ({reps} random minibatches per B)")
+        a1.axhline(signal, color="tab:green", ls=":", lw=1.2, label=r"signal $\|g\|^2$ (full gradient)")
+        a1.axvline(noise_scale, color="tab:green", ls=":", lw=0.8)
+        a1.text(noise_scale * 1.1, signal * 1.3, f"noise = signal\nat B ~ {noise_scale:.0f}", fontsize=8, color="tab:green")
+        a1.set_xscale("log", base=2)
+        a1.set_yscale("log")
+        a1.set_ylim(min(meas) / 4, max(max(meas), signal) * 2)
+        a1.set_xlabel("minibatch size B")
+        a1.set_ylabel(r"$E\,\|g_B - g\|^2$")
+        a1.set_title(f"minibatch gradient noise, N = {N} digits (slope {slope_small:.3f})")
+        a1.legend(fontsize=7.5, loc="lower left")
+        a2.plot(Bn, meas_a / np.array(law), "s-", color="gray", label="measured / (1/B law)")
+        a2.plot(Bn, ratio, "o-", color="tab:blue", label="measured / corrected law")
+        a2.axhline(1.0, color="k", lw=0.8)
+        a2.set_xscale("log", base=2)
+        a2.set_ylim(0, 1.3)
+        a2.set_xlabel("minibatch size B")
+        a2.set_ylabel("ratio")
+        a2.set_title("the finite-population correction matters as B -> N")
+        a2.legend(fontsize=8, loc="lower left")
+        png = C.savefig(fig, os.path.join(out, "noise.png"))
 
     rows = [[B, f"{m:.5g}", f"{2 * s:.2g}", f"{l_:.5g}", f"{f:.5g}", f"{m / f:.3f}"] for B, m, s, l_, f in zip(Bs, meas, sem, law, fpc)]
     tab = C.table(["B", "measured E||g_B - g||^2", "+- 2 s.e.", "sigma^2/B", "sigma^2/B (N-B)/(N-1)", "measured / corrected"], rows)
@@ -152,7 +154,7 @@ def run(out: str = "batchgrad-lab", seed: int = 0, quick: bool = False, hidden: 
 size B drawn without replacement; the squared distance of their mean gradient from the full one,
 averaged.
 
-![noise](noise.png)
+{C.md_image("noise", png)}
 
 {summary}
 
@@ -170,4 +172,4 @@ accuracy per step.
     return {"N": N, "n_params": n_params, "batch_sizes": Bs, "measured": meas, "sem": sem, "law": law, "fpc_law": fpc,
             "sigma2": sigma2, "signal": signal, "noise_scale": noise_scale, "slope_small_B": slope_small,
             "slope_all": slope_all, "ratio_min": float(ratio.min()), "ratio_max": float(ratio.max()),
-            "grad_seconds": t_grads, "files": [png, md]}
+            "grad_seconds": t_grads, "files": C.written(png, md)}

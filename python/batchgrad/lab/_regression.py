@@ -109,50 +109,52 @@ def run(out: str = "batchgrad-lab", seed: int = 0, quick: bool = False, lr: floa
     cycle = (float(a), float(cb2 * a + ob2))
 
     # ---- plot: the losses with both descents (full view and zoom), and w per epoch
-    fig, axes = C.figure(3, 1, size=(4.4, 4.0))
-    ax, axz, ax2 = axes[0]
-    ws = np.linspace(-0.2, 4.2, 400)
-    curves = [("L(w): all 4 examples", full, "k", "-"), ("L'(w): minibatch B1 = {1, 2}", BATCHES["B1"], "tab:blue", "--"),
-              ("L''(w): minibatch B2 = {3, 4}", BATCHES["B2"], "tab:orange", "--")]
-    gw = [r["w"] for r in gd] + [gd[-1]["w_next"]]
-    gl = [r["full_loss"] for r in gd] + [_value_and_grad(gd[-1]["w_next"], full)[0]]
-    mw = [r["w"] for r in mb]
-    ml = [r["batch_loss"] for r in mb]
-    cols = ["tab:blue" if r["batch"] == "B1" else "tab:orange" for r in mb]
-    for a_, zoom in ((ax, False), (axz, True)):
-        for (label, idx, col, ls), (mname, m) in zip(curves, minimisers.items()):
-            vals = ((Y[idx][None, :] - X[idx][None, :] * ws[:, None]) ** 2).sum(1)
-            a_.plot(ws, vals, color=col, ls=ls, lw=1.6, label=label)
-            wm = m["closed_form"]
-            lm = float(((Y[idx] - X[idx] * wm) ** 2).sum())
-            a_.plot([wm], [lm], marker="*", ms=14, color=col, mec="k", zorder=6,
-                    label=f"minimiser of {mname.split()[0]}: w* = {wm:.3f}" if zoom else None)
-        a_.plot(gw, gl, "o-", color="k", ms=5, lw=0.9, label=f"full-batch GD ({epochs} steps)", zorder=4)
-        a_.plot(mw, ml, "-", color="tab:red", lw=0.8, alpha=0.6)
-        a_.scatter(mw, ml, c=cols, s=30, marker="s", edgecolors="tab:red", zorder=5,
-                   label=f"minibatch descent ({2 * epochs} steps),\nat the loss of the batch it uses")
-        a_.set_xlabel("w")
-    ax.set_xlim(ws[0], ws[-1])
-    ax.set_ylim(0, 350)
-    ax.set_ylabel("sum of squared errors")
-    ax.set_title("L, L' (B1), L'' (B2) and the two descents")
-    ax.legend(fontsize=7, loc="upper center")
-    axz.set_xlim(2.0, 3.15)
-    axz.set_ylim(0, 22)
-    axz.set_title("zoom: each step descends a different curve")
-    stars = [h for h, lab in zip(*axz.get_legend_handles_labels()) if lab.startswith("minimiser")]
-    axz.legend(stars, [h.get_label() for h in stars], fontsize=7.5, loc="upper center")
+    png = None
+    if C.can_plot(verbose):
+        fig, axes = C.figure(3, 1, size=(4.4, 4.0))
+        ax, axz, ax2 = axes[0]
+        ws = np.linspace(-0.2, 4.2, 400)
+        curves = [("L(w): all 4 examples", full, "k", "-"), ("L'(w): minibatch B1 = {1, 2}", BATCHES["B1"], "tab:blue", "--"),
+                  ("L''(w): minibatch B2 = {3, 4}", BATCHES["B2"], "tab:orange", "--")]
+        gw = [r["w"] for r in gd] + [gd[-1]["w_next"]]
+        gl = [r["full_loss"] for r in gd] + [_value_and_grad(gd[-1]["w_next"], full)[0]]
+        mw = [r["w"] for r in mb]
+        ml = [r["batch_loss"] for r in mb]
+        cols = ["tab:blue" if r["batch"] == "B1" else "tab:orange" for r in mb]
+        for a_, zoom in ((ax, False), (axz, True)):
+            for (label, idx, col, ls), (mname, m) in zip(curves, minimisers.items()):
+                vals = ((Y[idx][None, :] - X[idx][None, :] * ws[:, None]) ** 2).sum(1)
+                a_.plot(ws, vals, color=col, ls=ls, lw=1.6, label=label)
+                wm = m["closed_form"]
+                lm = float(((Y[idx] - X[idx] * wm) ** 2).sum())
+                a_.plot([wm], [lm], marker="*", ms=14, color=col, mec="k", zorder=6,
+                        label=f"minimiser of {mname.split()[0]}: w* = {wm:.3f}" if zoom else None)
+            a_.plot(gw, gl, "o-", color="k", ms=5, lw=0.9, label=f"full-batch GD ({epochs} steps)", zorder=4)
+            a_.plot(mw, ml, "-", color="tab:red", lw=0.8, alpha=0.6)
+            a_.scatter(mw, ml, c=cols, s=30, marker="s", edgecolors="tab:red", zorder=5,
+                       label=f"minibatch descent ({2 * epochs} steps),\nat the loss of the batch it uses")
+            a_.set_xlabel("w")
+        ax.set_xlim(ws[0], ws[-1])
+        ax.set_ylim(0, 350)
+        ax.set_ylabel("sum of squared errors")
+        ax.set_title("L, L' (B1), L'' (B2) and the two descents")
+        ax.legend(fontsize=7, loc="upper center")
+        axz.set_xlim(2.0, 3.15)
+        axz.set_ylim(0, 22)
+        axz.set_title("zoom: each step descends a different curve")
+        stars = [h for h, lab in zip(*axz.get_legend_handles_labels()) if lab.startswith("minimiser")]
+        axz.legend(stars, [h.get_label() for h in stars], fontsize=7.5, loc="upper center")
 
-    ax2.plot(np.arange(epochs + 1), gw, "o-", color="k", label="full-batch GD (1 step / epoch)")
-    ax2.plot(np.arange(2 * epochs + 1) / 2, mw + [mb[-1]["w_next"]], "s-", color="tab:red", ms=4,
-             label="minibatch B1, B2 (2 steps / epoch)")
-    for (mname, m), col in zip(minimisers.items(), ["k", "tab:blue", "tab:orange"]):
-        ax2.axhline(m["closed_form"], color=col, ls=":", lw=1.2, label=f"w* of {mname}")
-    ax2.set_xlabel("epoch (pass over the 4 examples)")
-    ax2.set_ylabel("w")
-    ax2.set_title(f"w per step (lr = {lr:g}, w0 = {w0:g})")
-    ax2.legend(fontsize=7, loc="lower right")
-    png = C.savefig(fig, os.path.join(out, "regression.png"))
+        ax2.plot(np.arange(epochs + 1), gw, "o-", color="k", label="full-batch GD (1 step / epoch)")
+        ax2.plot(np.arange(2 * epochs + 1) / 2, mw + [mb[-1]["w_next"]], "s-", color="tab:red", ms=4,
+                 label="minibatch B1, B2 (2 steps / epoch)")
+        for (mname, m), col in zip(minimisers.items(), ["k", "tab:blue", "tab:orange"]):
+            ax2.axhline(m["closed_form"], color=col, ls=":", lw=1.2, label=f"w* of {mname}")
+        ax2.set_xlabel("epoch (pass over the 4 examples)")
+        ax2.set_ylabel("w")
+        ax2.set_title(f"w per step (lr = {lr:g}, w0 = {w0:g})")
+        ax2.legend(fontsize=7, loc="lower right")
+        png = C.savefig(fig, os.path.join(out, "regression.png"))
 
     # ---- tables and report
     mtab = C.table(["loss", "closed form sum(xy)/sum(x^2)", "batchgrad (Newton step, bg.grad of bg.grad)"],
@@ -168,7 +170,7 @@ def run(out: str = "batchgrad-lab", seed: int = 0, quick: bool = False, lr: floa
 minibatches B1 = {{1, 2}} and B2 = {{3, 4}}. Every gradient below comes from batchgrad
 (`bg.value_and_grad` of the vmapped per-example loss, summed); the closed forms only check it.
 
-![regression](regression.png)
+{C.md_image("regression", png)}
 
 {mtab}
 
@@ -182,4 +184,4 @@ shrinks the cycle.
 """
     md = C.write_md(os.path.join(out, "regression.md"), "regression: the seeds' 4-example least squares", body)
     return {"minimisers": minimisers, "gd": gd, "minibatch": mb, "cycle": cycle, "lr": lr, "w0": w0,
-            "files": [png, md]}
+            "files": C.written(png, md)}

@@ -161,7 +161,9 @@ def run(out: str = "batchgrad-lab", seed: int = 0, quick: bool = False, batch_si
         g["peak_examples_per_s"] = max(g["examples_per_s"])
     curves = list(threads) + (["gpu"] if gpu else [])
 
-    png = plot(batch_sizes, {k: res[k] for k in curves}, os.path.join(out, "throughput.png"), gpu)
+    png = None
+    if C.can_plot(verbose):
+        png = plot(batch_sizes, {k: res[k] for k in curves}, os.path.join(out, "throughput.png"), gpu)
 
     # ---- table and report
     name = {th: f"{th}T" for th in threads} | {"gpu": "GPU"}
@@ -200,7 +202,7 @@ def run(out: str = "batchgrad-lab", seed: int = 0, quick: bool = False, batch_si
 random inputs, median of repeats, on 1 and on 2 CPU threads (`bg.set_num_threads`). "Saturates"
 is the smallest batch reaching 90% of the best examples/s.
 
-![throughput](throughput.png)
+{C.md_image("throughput", png)}
 
 {summary}. (Load average {load:.2f} on {os.cpu_count()} cores when the timing started: other
 processes running at the same time make single points noisy.)
@@ -220,4 +222,4 @@ that, splitting costs more than it saves. So 2 threads saturate at a larger batc
     return {"batch_sizes": batch_sizes, "threads": {th: res[th] for th in curves}, "gpu": gpu,
             "saturation": {th: res[th]["saturation"] for th in curves}, "two_threads_win_from": crossover,
             "load_average": load,
-            "files": [png, md]}
+            "files": C.written(png, md)}
