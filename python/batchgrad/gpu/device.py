@@ -122,6 +122,10 @@ class Device:
             kdir = resources.files("batchgrad.gpu") / "kernels"
             try:
                 body = (kdir / f"{family}.wgsl").read_text()
+                # `// uses: NAME` lines pull in shared helper files (kernels/NAME.wgsl)
+                for ln in body.splitlines():
+                    if ln.startswith("// uses: "):
+                        body = (kdir / f"{ln[9:].strip()}.wgsl").read_text() + "\n" + body
                 # `enable` directives (e.g. `enable subgroups;`) must open the module
                 enables = [ln for ln in body.splitlines() if ln.startswith("enable ")]
                 body = "\n".join(ln for ln in body.splitlines() if not ln.startswith("enable "))
