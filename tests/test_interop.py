@@ -65,3 +65,12 @@ def test_module_and_optimizer_deepcopy_and_pickle_are_independent_snapshots():
         o2.zero_grad(); nn.functional.cross_entropy(m2(X), y).backward(); o2.step()
         for k, v in m.state_dict().items():
             np.testing.assert_array_equal(v, before[k])
+
+
+def test_jax_from_dlpack_reads_the_tensor():
+    jnp = pytest.importorskip("jax.numpy")
+    t = bg.randn(3, 2, seed=4)
+    j = jnp.from_dlpack(t)
+    np.testing.assert_array_equal(np.asarray(j), t.numpy())
+    back = bg.from_dlpack(jnp.arange(3.0))
+    np.testing.assert_array_equal(back.numpy(), [0.0, 1.0, 2.0])

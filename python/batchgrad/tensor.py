@@ -148,12 +148,21 @@ class Tensor:
 
     # ---- interop: DLPack, pickle, copy
     def __dlpack__(self, **kwargs: Any) -> Any:
-        """Export the buffer without a copy (`torch.from_dlpack(t)`, `np.from_dlpack(t)`,
-        `jax.numpy.from_dlpack(t)`), through the read-only numpy view of `numpy()`. The
-        buffer is shared: treat the result as read-only (torch does not honour the flag)."""
+        """Export the buffer without a copy to DLPack >= 1.0 consumers (`torch.from_dlpack(t)`,
+        `np.from_dlpack(t)`), through the read-only numpy view of `numpy()`: treat the result
+        as read-only (torch does not honour the flag). Older consumers, which cannot be told the
+        buffer is read-only (`jax.numpy.from_dlpack` in jax 0.10), get a copy."""
         if self._bool:
             raise BufferError("__dlpack__: a boolean mask has no float32 buffer to share; export bg.where(mask, 1.0, 0.0)")
-        return self.numpy().__dlpack__(**kwargs)
+        view = self.numpy()
+        try:
+            return view.__dlpack__(**kwargs)
+        except BufferError:
+            # a consumer of the pre-1.0 protocol (no `max_version`; jax 0.10) cannot be told the
+            # buffer is read-only: it gets a copy instead of write access to our storage
+            if kwargs.get("max_version") is not None:
+                raise
+            return np.array(view).__dlpack__(**kwargs)
 
     def __dlpack_device__(self) -> tuple[int, int]:
         return (1, 0)  # kDLCPU, device 0
