@@ -35,6 +35,7 @@ __all__ = [
     "Sampler",
     "SequentialSampler",
     "RandomSampler",
+    "DistributedSampler",
     "BatchSampler",
     "DataLoader",
     "default_collate",
@@ -286,6 +287,121 @@ class RandomSampler(Sampler):
         )
 
 
+class DistributedSampler(Sampler):
+    """This rank's share of each epoch in a data-parallel job, as ``torch``'s ``DistributedSampler``.
+
+    Every rank builds the same epoch order: a permutation of ``range(n)`` drawn from
+    ``np.random.default_rng((seed, epoch))`` with ``shuffle`` (the stream of
+    :class:`RandomSampler`, so one replica gives exactly its order), ``0 .. n - 1``
+    without. That order is made divisible by ``W = num_replicas`` and rank ``r`` takes
+    every ``W``-th index from position ``r`` (``order[r:total_size:W]``), so the ranks
+    get disjoint slices of equal length ``num_samples``.
+
+    When ``n`` is not a multiple of ``W`` the order is either padded or cut:
+
+    * ``drop_last=False`` (default) **pads**: the order is extended by repeating its
+      first indices (cyclically if more than ``n`` are needed, e.g. ``n < W``) up to
+      ``total_size = W * ceil(n / W)``. Every example is seen, but :attr:`padding`
+      examples (at most ``W - 1``) are seen twice in the epoch, by different ranks.
+    * ``drop_last=True`` **drops** the tail of the order down to
+      ``total_size = W * floor(n / W)``: no example repeats, but :attr:`dropped`
+      examples (at most ``W - 1``) are skipped this epoch; with ``shuffle`` they are
+      different ones each epoch. ``n < W`` gives every rank 0 samples.
+
+    Call :meth:`set_epoch` before each epoch to reshuffle; a :class:`DataLoader`
+    built with ``sampler=`` does it for you (each ``iter()`` uses the sampler's epoch
+    and then advances it, and ``loader.set_epoch(e)`` sets it).
+
+    Args:
+        dataset: the dataset to split, or anything with ``len()`` (its length ``n``
+            is read once, here).
+        num_replicas: number of ranks ``W``; defaults to
+            ``batchgrad.distributed.get_world().size``.
+        rank: this process's rank in ``0 .. W - 1``; defaults to
+            ``batchgrad.distributed.get_world().rank``.
+        shuffle: draw a seeded random order each epoch (the same on every rank).
+        seed: non-negative seed, which must be the same on every rank.
+        drop_last: drop the tail instead of padding (see above).
+
+    Raises:
+        TypeError: ``dataset`` has no ``len()`` (e.g. an int).
+        ValueError: ``num_replicas`` is not a positive integer, ``rank`` is not in
+            ``0 .. num_replicas - 1``, or ``seed`` is negative.
+    """
+
+    def __init__(
+        self,
+        dataset: Any,
+        num_replicas: int | None = None,
+        rank: int | None = None,
+        shuffle: bool = True,
+        seed: int = 0,
+        drop_last: bool = False,
+    ) -> None:
+        if not hasattr(dataset, "__len__"):
+            raise TypeError(
+                f"DistributedSampler needs a dataset or another object with len(), got {type(dataset).__name__}"
+                + (f" {dataset!r}; pass e.g. range({dataset!r}) for n indices" if _is_int(dataset) else "")
+            )
+        if num_replicas is None or rank is None:
+            from .distributed import get_world  # lazy: distributed imports this module
+
+            world = get_world()
+            num_replicas = world.size if num_replicas is None else num_replicas
+            rank = world.rank if rank is None else rank
+        if not _is_int(num_replicas) or int(num_replicas) <= 0:
+            raise ValueError(f"num_replicas must be a positive integer, got {num_replicas!r}")
+        if not _is_int(rank) or not 0 <= int(rank) < int(num_replicas):
+            raise ValueError(
+                f"rank must be an integer in [0, {int(num_replicas) - 1}] (num_replicas={num_replicas}), got {rank!r}"
+            )
+        self.dataset = dataset
+        self.n = len(dataset)
+        self.num_replicas = int(num_replicas)
+        self.rank = int(rank)
+        self.shuffle = bool(shuffle)
+        self.seed = _check_non_negative_int("seed", seed)
+        self.drop_last = bool(drop_last)
+        self.epoch = 0
+        w = self.num_replicas
+        self.num_samples = self.n // w if self.drop_last else -(-self.n // w)
+        self.total_size = self.num_samples * w
+
+    @property
+    def padding(self) -> int:
+        """Indices repeated per epoch to fill ``total_size`` (0 with ``drop_last``)."""
+        return 0 if self.drop_last else self.total_size - self.n
+
+    @property
+    def dropped(self) -> int:
+        """Indices left out per epoch to cut to ``total_size`` (0 without ``drop_last``)."""
+        return self.n - self.total_size if self.drop_last else 0
+
+    def epoch_order(self) -> np.ndarray:
+        """The whole epoch's padded or cut order, before it is split across ranks (``total_size`` indices)."""
+        if self.shuffle:
+            order = np.random.default_rng([self.seed, self.epoch]).permutation(self.n).astype(np.int64, copy=False)
+        else:
+            order = np.arange(self.n, dtype=np.int64)
+        if self.total_size > self.n:
+            reps = -(-self.total_size // self.n)  # n > 0 here: total_size is 0 when n is 0
+            order = np.tile(order, reps)
+        return order[: self.total_size]
+
+    def indices(self) -> np.ndarray:
+        """This rank's ``num_samples`` indices of the current epoch."""
+        return np.ascontiguousarray(self.epoch_order()[self.rank : self.total_size : self.num_replicas])
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def __repr__(self) -> str:
+        return (
+            f"DistributedSampler(n={self.n}, num_replicas={self.num_replicas}, rank={self.rank}, "
+            f"shuffle={self.shuffle}, seed={self.seed}, drop_last={self.drop_last}, num_samples={self.num_samples})"
+        )
+
+
 class BatchSampler:
     """Groups the indices of a sampler into ``int64`` batch arrays.
 
@@ -409,6 +525,14 @@ class DataLoader:
     seeded by ``(seed, e)``); :meth:`set_epoch` selects the next epoch
     explicitly.
 
+    ``sampler=`` replaces the built-in order, e.g. a :class:`DistributedSampler`
+    giving each rank its share of the examples (then ``batch_size`` is per rank).
+    A sampler with ``set_epoch`` and an integer ``epoch`` (every :class:`Sampler`)
+    holds the epoch counter: each ``iter()`` uses the sampler's current epoch and
+    then advances it by one, so it reshuffles every epoch on its own, and both
+    ``loader.set_epoch(e)`` and torch's ``sampler.set_epoch(e)`` before an epoch
+    select epoch ``e``.
+
     Batches are fetched (``dataset[index_array]``) in a daemon
     ``threading.Thread`` feeding a bounded ``queue.Queue(prefetch)``; no
     processes are forked. Exceptions raised while fetching are re-raised in the
@@ -428,10 +552,17 @@ class DataLoader:
         prefetch: number of batches buffered ahead; ``0`` loads synchronously.
         collate: function applied to each fetched tuple of arrays; defaults to
             :func:`default_collate`.
+        sampler: the indices of each epoch instead of ``shuffle``/``seed``: a
+            :class:`Sampler`, or any object with ``len()`` that has an
+            ``indices()`` method returning an integer array or iterates over
+            integer indices. ``seed`` is then not used.
 
     Raises:
         ValueError: on a non-positive ``batch_size``, a negative ``prefetch`` or
-            ``seed``, or ``replacement=True`` without ``shuffle=True``.
+            ``seed``, ``replacement=True`` without ``shuffle=True``, or a
+            ``sampler`` together with ``shuffle=True`` or ``replacement=True``.
+        TypeError: a ``sampler`` without ``len()``, or neither ``indices()``
+            nor iteration.
     """
 
     def __init__(
@@ -444,10 +575,22 @@ class DataLoader:
         replacement: bool = False,
         prefetch: int = 2,
         collate: Callable[[Any], Any] | None = None,
+        sampler: Sampler | Any | None = None,
     ) -> None:
         if not _is_int(batch_size) or int(batch_size) <= 0:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         self.prefetch = _check_non_negative_int("prefetch", prefetch)
+        if sampler is not None:
+            if shuffle:
+                raise ValueError("sampler option is mutually exclusive with shuffle (shuffle the sampler instead)")
+            if replacement:
+                raise ValueError(
+                    "sampler option is mutually exclusive with replacement (use a sampler that draws with replacement)"
+                )
+            if not hasattr(sampler, "__len__"):
+                raise TypeError(f"sampler must have len(), got {type(sampler).__name__}")
+            if not (callable(getattr(sampler, "indices", None)) or hasattr(sampler, "__iter__")):
+                raise TypeError(f"sampler must have an indices() method or be iterable, got {type(sampler).__name__}")
         if replacement and not shuffle:
             raise ValueError("replacement=True requires shuffle=True")
         self.dataset = dataset
@@ -457,19 +600,33 @@ class DataLoader:
         self.drop_last = bool(drop_last)
         self.replacement = bool(replacement)
         self.collate: Callable[[Any], Any] = default_collate if collate is None else collate
-        n = len(dataset)
-        sampler: Sampler
-        if self.shuffle:
-            sampler = RandomSampler(n, seed=self.seed, replacement=self.replacement)
-        else:
-            sampler = SequentialSampler(n)
+        self.custom_sampler = sampler is not None
+        if sampler is None:
+            n = len(dataset)
+            if self.shuffle:
+                sampler = RandomSampler(n, seed=self.seed, replacement=self.replacement)
+            else:
+                sampler = SequentialSampler(n)
         self.sampler = sampler
         self.batch_sampler = BatchSampler(sampler, self.batch_size, self.drop_last)
-        self.epoch = 0
+        # A sampler with set_epoch and a readable integer epoch holds the counter, so that
+        # sampler.set_epoch(e) called directly (torch's idiom) is honoured; otherwise the loader counts.
+        self._sampler_holds_epoch = hasattr(sampler, "set_epoch") and _is_int(getattr(sampler, "epoch", None))
+        self._epoch = int(sampler.epoch) if self._sampler_holds_epoch else 0
+
+    @property
+    def epoch(self) -> int:
+        """The epoch the next ``iter()`` produces."""
+        return int(self.sampler.epoch) if self._sampler_holds_epoch else self._epoch
+
+    @epoch.setter
+    def epoch(self, epoch: int) -> None:
+        self.set_epoch(epoch)
 
     def set_epoch(self, epoch: int) -> None:
-        """Make the next ``iter()`` produce epoch ``epoch``."""
-        self.epoch = _check_non_negative_int("epoch", epoch)
+        """Make the next ``iter()`` produce epoch ``epoch`` (also sets the sampler's epoch)."""
+        self._epoch = _check_non_negative_int("epoch", epoch)
+        self.batch_sampler.set_epoch(self._epoch)
 
     def __len__(self) -> int:
         return len(self.batch_sampler)
@@ -477,9 +634,10 @@ class DataLoader:
     def __iter__(self) -> Iterator[Any]:
         # The epoch's index batches are fixed here, eagerly, so concurrent or
         # later iterators cannot change which epoch this one produces.
-        self.batch_sampler.set_epoch(self.epoch)
-        self.epoch += 1
+        epoch = self.epoch
+        self.batch_sampler.set_epoch(epoch)
         batches = iter(self.batch_sampler)
+        self.set_epoch(epoch + 1)
         if self.prefetch == 0:
             return self._iter_sync(batches)
         return self._iter_prefetch(batches)
@@ -527,5 +685,5 @@ class DataLoader:
         return (
             f"DataLoader({self.dataset!r}, batch_size={self.batch_size}, shuffle={self.shuffle}, "
             f"seed={self.seed}, drop_last={self.drop_last}, replacement={self.replacement}, "
-            f"prefetch={self.prefetch})"
+            f"prefetch={self.prefetch}" + (f", sampler={self.sampler!r})" if self.custom_sampler else ")")
         )
