@@ -168,3 +168,120 @@ def test_bad_update_calls_raise_instead_of_crashing():
         ts.run([Xv, yv], [("lion", [0], [], (0.1,))])
     with pytest.raises(ValueError, match="scalars"):
         ts.run([Xv, yv], [("sgd", [0], [None], (0.1,))])
+
+
+# --- split step: grads_into (forward + backward into a flat buffer) then update_from -------------
+# (the two halves of `run`, with an MPI all-reduce of the flat gradients in between)
+
+
+def _split_setup(opt_cls, **kw):
+    m = nn.MLP([8, 16, 4], seed=0)
+    o = opt_cls(m.parameters(), **kw)
+    return m, o, bg.compile_step(m, F.cross_entropy, o)
+
+
+def _split_batches(n=5, B=6, seed=2):
+    r = np.random.default_rng(seed)
+    return [(bg.tensor(r.normal(size=(B, 8))), bg.tensor(r.integers(0, 4, B).astype(np.float32))) for _ in range(n)]
+
+
+def _numel(m):
+    return sum(int(np.prod(p.shape)) for p in m.parameters())
+
+
+def test_grads_into_writes_the_programs_gradients_bitwise():
+    m, o, step = _split_setup(optim.SGD, lr=0.1)
+    X, y = _split_batches(1)[0]
+    ts = step.step_for(X, y)
+    outs = ts.program.run([X._v, y._v])
+    want = np.concatenate([g.numpy().ravel() for g in outs[1:]])
+    flat = np.full(_numel(m), np.nan, np.float32)
+    loss = ts.grads_into([X._v, y._v], flat)
+    assert want.size == flat.size == _numel(m)
+    assert np.array_equal(flat.view(np.uint32), want.view(np.uint32))
+    assert np.float32(loss).view(np.uint32) == outs[0].numpy().astype(np.float32).view(np.uint32)
+    # parameter order, one contiguous slice each, and no update made
+    off = 0
+    for p, g in zip(step.params, outs[1:]):
+        n = int(np.prod(p.shape))
+        assert np.array_equal(flat[off:off + n].reshape(p.shape), g.numpy())
+        off += n
+    before = [p.numpy().copy() for p in m.parameters()]
+    ts.grads_into([X._v, y._v], flat)
+    assert all(np.array_equal(a, p.numpy()) for a, p in zip(before, m.parameters()))
+
+
+@pytest.mark.parametrize("opt_cls,kw", [(optim.SGD, {"lr": 0.1, "momentum": 0.9}), (optim.Adam, {"lr": 1e-2})],
+                         ids=["sgd-momentum", "adam"])
+def test_grads_into_then_update_from_equals_the_one_call_step_bitwise(opt_cls, kw):
+    m1, o1, s1 = _split_setup(opt_cls, **kw)
+    m2, o2, s2 = _split_setup(opt_cls, **kw)
+    flat = np.empty(_numel(m2), np.float32)
+    for X, y in _split_batches(5):
+        l1 = s1(X, y)
+        ts = s2.step_for(X, y)
+        assert not any(s2.fused(X, y))  # never fused: `run` takes the same unfused path
+        l2 = ts.grads_into([X._v, y._v], flat)
+        ts.update_from(flat, s2._calls())
+        assert np.float32(l1).view(np.uint32) == np.float32(l2).view(np.uint32)
+    for (k, a), (_, b) in zip(m1.state_dict().items(), m2.state_dict().items()):
+        assert np.array_equal(a.view(np.uint32), b.view(np.uint32)), k
+    st1, st2 = o1.state_dict()["state"], o2.state_dict()["state"]
+    assert st1.keys() == st2.keys() and st1
+    for i in st1:
+        assert st1[i].keys() == st2[i].keys()
+        for name in st1[i]:
+            a, b = np.asarray(st1[i][name]), np.asarray(st2[i][name])
+            assert a.shape == b.shape and np.array_equal(a, b), f"{i}.{name}"
+            if a.dtype == np.float32:
+                assert np.array_equal(a.view(np.uint32), b.view(np.uint32)), f"{i}.{name}"
+    # the update really moved the parameters (not two no-ops agreeing)
+    m0 = nn.MLP([8, 16, 4], seed=0)
+    assert not np.array_equal(m0.state_dict()["0.weight"], m2.state_dict()["0.weight"])
+
+
+def test_split_step_flat_buffer_errors():
+    m, o, step = _split_setup(optim.SGD, lr=0.1, momentum=0.9)
+    X, y = _split_batches(1)[0]
+    ts = step.step_for(X, y)
+    n = _numel(m)
+    ins = [X._v, y._v]
+    with pytest.raises(ValueError, match=rf"\b{n - 1}\b.*\b{n}\b"):
+        ts.grads_into(ins, np.zeros(n - 1, np.float32))
+    with pytest.raises(ValueError, match=rf"\b{n + 3}\b.*\b{n}\b"):
+        ts.update_from(np.zeros(n + 3, np.float32), step._calls())
+    strided = np.zeros(2 * n, np.float32)[::2]
+    assert strided.size == n and not strided.flags.c_contiguous
+    with pytest.raises((ValueError, TypeError), match="contiguous"):
+        ts.grads_into(ins, strided)
+    with pytest.raises((ValueError, TypeError), match="contiguous"):
+        ts.update_from(strided, step._calls())
+    with pytest.raises((ValueError, TypeError)):
+        ts.grads_into(ins, np.zeros(n, np.float64))  # wrong dtype
+    ro = np.zeros(n, np.float32)
+    ro.flags.writeable = False
+    with pytest.raises((ValueError, TypeError), match="writeable"):
+        ts.grads_into(ins, ro)
+    # bad calls are checked as `run` checks them, before any update
+    w = [p.numpy().copy() for p in m.parameters()]
+    with pytest.raises(ValueError, match="out of range or updated twice"):
+        ts.update_from(np.zeros(n, np.float32), [("sgd", [0, 0], [None], (0.1, 0.0, 0.0, False, 0.0, False, False))])
+    assert all(np.array_equal(a, p.numpy()) for a, p in zip(w, m.parameters()))
+    # after the errors the step still works
+    flat = np.zeros(n, np.float32)
+    assert np.isfinite(ts.grads_into(ins, flat)) and np.any(flat != 0)
+
+
+@pytest.mark.parametrize("kw", [{"lr": 0.1}, {"lr": 1e-2, "momentum": 0.9}])
+def test_steady_state_split_steps_allocate_no_tensor_storage(kw):
+    m, o, step = _split_setup(optim.SGD, **kw)
+    X, y = _split_batches(1, B=16)[0]
+    ts = step.step_for(X, y)
+    flat = np.empty(_numel(m), np.float32)
+    ts.grads_into([X._v, y._v], flat)  # the first call fills the step's arena
+    ts.update_from(flat, step._calls())
+    before = bg._core.fresh_allocations()
+    for _ in range(20):
+        ts.grads_into([X._v, y._v], flat)
+        ts.update_from(flat, step._calls())
+    assert bg._core.fresh_allocations() == before

@@ -30,10 +30,16 @@ pub fn enabled() -> bool {
 
 /// Time `f` and charge it to (name, shapes of `ins`).
 pub fn timed<T>(name: &'static str, ins: &[&Tensor], f: impl FnOnce() -> T) -> T {
+    let shapes: Vec<&[usize]> = ins.iter().map(|t| t.shape.as_slice()).collect();
+    timed_shapes(name, &shapes, f)
+}
+
+/// `timed` for inputs known only by their shapes (a compiled step's flat gradient slices).
+pub fn timed_shapes<T>(name: &'static str, shapes: &[&[usize]], f: impl FnOnce() -> T) -> T {
     let t0 = Instant::now();
     let out = f();
     let dt = t0.elapsed().as_secs_f64();
-    let shapes: Vec<String> = ins.iter().map(|t| format!("{:?}", t.shape)).collect();
+    let shapes: Vec<String> = shapes.iter().map(|s| format!("{s:?}")).collect();
     let mut g = TABLE.lock().unwrap_or_else(|e| e.into_inner());
     let e = g.get_or_insert_with(HashMap::new).entry((name, shapes.join(", "))).or_insert((0, 0.0));
     e.0 += 1;

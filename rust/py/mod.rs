@@ -1,7 +1,7 @@
 //! PyO3 layer: argument conversion, `py.detach` around every kernel call, and error mapping.
 //! No logic lives here.
 use numpy::ndarray::{ArrayViewD, IxDyn};
-use numpy::{PyArrayDyn, PyReadonlyArrayDyn, PyUntypedArrayMethods};
+use numpy::{PyArrayDyn, PyReadonlyArray1, PyReadonlyArrayDyn, PyReadwriteArray1, PyUntypedArrayMethods};
 use pyo3::exceptions::{PyIndexError, PyMemoryError, PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
@@ -379,6 +379,23 @@ impl PyTrainStep {
         let ins: Vec<Tensor> = inputs.iter().map(|v| v.0.value()).collect();
         let calls = calls_from_py(calls)?;
         Ok(py.detach(|| self.0.run(&ins, &calls))?)
+    }
+    /// Forward and backward only: every parameter's gradient, in parameter order, copied into
+    /// `flat` (a writeable C-contiguous float32 1-D array with as many elements as the
+    /// parameters in all); returns the loss. `update_from` then applies the update: the two
+    /// halves of `run`, for an all-reduce of `flat` in between (data-parallel training).
+    fn grads_into(&self, py: Python<'_>, inputs: Vec<PyRef<PyVar>>, mut flat: PyReadwriteArray1<'_, f32>) -> PyResult<f32> {
+        let ins: Vec<Tensor> = inputs.iter().map(|v| v.0.value()).collect();
+        let strides = flat.strides().to_vec();
+        let flat = flat.as_slice_mut().map_err(|_| PyValueError::new_err(format!("TrainStep.grads_into: flat must be a C-contiguous float32 array, got strides {strides:?}")))?;
+        Ok(py.detach(|| self.0.grads_into(&ins, flat))?)
+    }
+    /// Apply every optimizer call (as `run` does, never fused) with the gradients read from
+    /// `flat` (float32, contiguous, the layout `grads_into` writes).
+    fn update_from(&self, py: Python<'_>, flat: PyReadonlyArray1<'_, f32>, calls: Vec<PyCall<'_>>) -> PyResult<()> {
+        let calls = calls_from_py(calls)?;
+        let flat = flat.as_slice().map_err(|_| PyValueError::new_err(format!("TrainStep.update_from: flat must be a C-contiguous float32 array, got strides {:?}", flat.strides())))?;
+        Ok(py.detach(|| self.0.update_from(flat, &calls))?)
     }
     /// Which parameters these calls update through the fused matmul epilogue (no gradient buffer).
     fn fused(&self, calls: Vec<PyCall<'_>>) -> PyResult<Vec<bool>> {

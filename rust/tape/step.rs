@@ -10,6 +10,11 @@
 //!
 //! Buffers: the step owns an arena (see `tensor::with_arena`). The first call fills it; later
 //! calls take every intermediate buffer from it, so a step allocates no tensor storage.
+//!
+//! Split step (data-parallel training): `grads_into` replays forward + backward (nothing fused)
+//! and copies the gradients into one flat buffer; `update_from` applies the optimizer calls with
+//! the gradients read from it, so an all-reduce of the buffer can run in between. Both share
+//! `run`'s replay, call checks and update loop.
 use std::sync::{Arc, Mutex};
 
 use crate::bail;
@@ -39,10 +44,18 @@ const UPDATE_PAR_MIN: usize = 1 << 20;
 /// Apply `rule` to `params` in place with `grads`; state buffers are updated in place too.
 /// Small or single-threaded updates run on the calling thread (no pool handoff).
 pub fn update_vars(rule: &Rule, params: &[Var], states: &[Option<Vec<Var>>], grads: &[&Tensor]) -> Result<()> {
+    let data: Vec<&[f32]> = grads.iter().map(|g| g.data()).collect();
+    let shapes: Vec<&[usize]> = grads.iter().map(|g| g.shape.as_slice()).collect();
+    update_slices(rule, params, states, &data, &shapes)
+}
+
+/// `update_vars` with each gradient given as a slice and its shape (checked against the
+/// parameter's): the compiled step's split update reads gradients straight from a flat buffer.
+pub fn update_slices(rule: &Rule, params: &[Var], states: &[Option<Vec<Var>>], grads: &[&[f32]], shapes: &[&[usize]]) -> Result<()> {
     if let Some(k) = rule.required_states().iter().find(|&&k| states.get(k).map_or(true, |s| s.is_none())) {
         bail!(Value, "optimizer step: {rule:?} needs state buffer list {k}");
     }
-    if grads.len() != params.len() {
+    if grads.len() != params.len() || shapes.len() != params.len() {
         bail!(Value, "optimizer step: {} parameters but {} gradients", params.len(), grads.len());
     }
     for s in states.iter().flatten() {
@@ -52,8 +65,11 @@ pub fn update_vars(rule: &Rule, params: &[Var], states: &[Option<Vec<Var>>], gra
     }
     for (i, p) in params.iter().enumerate() {
         let ps = p.shape();
-        if grads[i].shape != ps {
-            bail!(Shape, "optimizer step: gradient shape {:?} does not match parameter shape {:?}", grads[i].shape, ps);
+        if shapes[i] != ps.as_slice() {
+            bail!(Shape, "optimizer step: gradient shape {:?} does not match parameter shape {:?}", shapes[i], ps);
+        }
+        if grads[i].len() != ps.iter().product::<usize>() {
+            bail!(Shape, "optimizer step: a gradient of shape {ps:?} has {} elements", grads[i].len());
         }
         if states.iter().flatten().any(|s| s[i].shape() != ps) {
             bail!(Shape, "optimizer step: a state buffer's shape does not match its parameter's shape {ps:?}");
@@ -66,7 +82,7 @@ pub fn update_vars(rule: &Rule, params: &[Var], states: &[Option<Vec<Var>>], gra
             let mut pv = p.value_mut();
             let mut bufs: Vec<Option<_>> = states.iter().map(|s| s.as_ref().map(|s| s[i].value_mut())).collect();
             let mut slices: Vec<Option<&mut [f32]>> = bufs.iter_mut().map(|b| b.as_mut().map(|b| b.make_mut())).collect();
-            rule.apply(pv.make_mut(), grads[i].data(), &mut slices);
+            rule.apply(pv.make_mut(), grads[i], &mut slices);
         }
     };
     if work < UPDATE_PAR_MIN || num_threads() == 1 {
@@ -175,16 +191,70 @@ impl TrainStep {
 
     /// Forward, backward and every optimizer call, in one replay; returns the loss.
     pub fn run(&self, inputs: &[Tensor], calls: &[Call]) -> Result<f32> {
+        self.on_pool(|| self.run_here(inputs, calls))
+    }
+
+    /// Forward and backward only (no fused updates): every parameter's gradient is copied, in
+    /// parameter order, contiguously into `flat` (its length: the parameters' elements in all);
+    /// returns the loss. With `update_from`, the two halves of `run` for data-parallel training
+    /// (the gradients are all-reduced in between).
+    pub fn grads_into(&self, inputs: &[Tensor], flat: &mut [f32]) -> Result<f32> {
+        let offsets = self.flat_offsets("grads_into", flat.len())?;
+        self.on_pool(|| {
+            let no = vec![false; self.prog.slots.len()];
+            self.replay(inputs, &no, &no, &[], |loss, vals| {
+                for (i, p) in self.params.iter().enumerate() {
+                    let g = vals[self.prog.outputs[self.grad_out[i]]].as_ref().expect("program output missing");
+                    if g.shape != p.shape() {
+                        bail!(Shape, "compiled step: gradient {i} has shape {:?}, its parameter {:?}", g.shape, p.shape());
+                    }
+                    flat[offsets[i]..offsets[i + 1]].copy_from_slice(g.data());
+                }
+                Ok(loss)
+            })
+        })
+    }
+
+    /// Every optimizer call, as `run` applies it to a parameter it does not fuse, with each
+    /// parameter's gradient read from its slice of `flat` (the layout `grads_into` writes).
+    pub fn update_from(&self, flat: &[f32], calls: &[Call]) -> Result<()> {
+        self.check_calls(calls)?;
+        let offsets = self.flat_offsets("update_from", flat.len())?;
+        let grads: Vec<&[f32]> = offsets.windows(2).map(|w| &flat[w[0]..w[1]]).collect();
+        let shapes: Vec<Vec<usize>> = self.params.iter().map(|p| p.shape()).collect();
+        let shapes: Vec<&[usize]> = shapes.iter().map(|s| s.as_slice()).collect();
+        self.update_unfused(calls, &vec![false; self.params.len()], &grads, &shapes)
+    }
+
+    /// Run `f` on a pool worker when the step has parallel kernels (see `run`).
+    fn on_pool<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
         if self.parallel && num_threads() > 1 {
             // the whole replay on a pool worker: the pool stays awake between the step's parallel
             // kernels instead of being woken (tens of us on a VM) for each one. B = 32 at 2
             // threads: 350 -> 310 us. Not for steps without parallel work (batch 1: +30 us).
-            return pool().install(|| self.run_here(inputs, calls));
+            return pool().install(f);
         }
-        self.run_here(inputs, calls)
+        f()
     }
 
-    fn run_here(&self, inputs: &[Tensor], calls: &[Call]) -> Result<f32> {
+    /// Start offsets of each parameter's gradient in the flat layout (and the total at the
+    /// end), after checking that a flat buffer of `len` elements holds them.
+    fn flat_offsets(&self, what: &str, len: usize) -> Result<Vec<usize>> {
+        let mut offsets = Vec::with_capacity(self.params.len() + 1);
+        offsets.push(0);
+        for p in &self.params {
+            offsets.push(offsets.last().unwrap() + p.shape().iter().product::<usize>());
+        }
+        let total = *offsets.last().unwrap();
+        if len != total {
+            bail!(Value, "TrainStep.{what}: flat has {len} elements, the parameters have {total} in all");
+        }
+        Ok(offsets)
+    }
+
+    /// The update calls' checks: state lists complete and of the calls' lengths, parameter
+    /// indices in range and each updated at most once.
+    fn check_calls(&self, calls: &[Call]) -> Result<()> {
         let mut seen = vec![false; self.params.len()];
         for c in calls {
             for (k, st) in c.states.iter().enumerate() {
@@ -205,6 +275,76 @@ impl TrainStep {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// Apply every call's rule to its parameters that are not `fused`, parameter `i`'s gradient
+    /// being `grads[i]` of shape `shapes[i]` (indexed by parameter; fused entries are unused).
+    fn update_unfused(&self, calls: &[Call], fused: &[bool], grads: &[&[f32]], shapes: &[&[usize]]) -> Result<()> {
+        for c in calls {
+            let plain: Vec<usize> = c.params.iter().copied().filter(|&i| !fused[i]).collect();
+            if plain.is_empty() {
+                continue;
+            }
+            let ps: Vec<Var> = plain.iter().map(|&i| self.params[i].clone()).collect();
+            let pos: Vec<usize> = plain.iter().map(|&i| c.params.iter().position(|&j| j == i).unwrap()).collect();
+            let states: Vec<Option<Vec<Var>>> = c.states.iter().map(|s| s.as_ref().map(|s| pos.iter().map(|&k| s[k].clone()).collect())).collect();
+            let gs: Vec<&[f32]> = plain.iter().map(|&i| grads[i]).collect();
+            let ss: Vec<&[usize]> = plain.iter().map(|&i| shapes[i]).collect();
+            if ops::profile::enabled() {
+                ops::profile::timed_shapes("optimizer_update", &ss, || update_slices(&c.rule, &ps, &states, &gs, &ss))
+            } else {
+                update_slices(&c.rule, &ps, &states, &gs, &ss)
+            }?;
+        }
+        Ok(())
+    }
+
+    /// Replay the program inside the step's arena without the `skip` nodes (`deferred`: those
+    /// whose inputs are kept to the end), making the fused updates `at_node` (slot, parameter,
+    /// SGD factor) at their nodes' positions; checks that the loss is a scalar and returns
+    /// `finish(loss, slot values)`, run before the values go back to the arena.
+    fn replay<R>(
+        &self,
+        inputs: &[Tensor],
+        skip: &[bool],
+        deferred: &[bool],
+        at_node: &[(usize, usize, f32)],
+        finish: impl FnOnce(f32, &[Option<Tensor>]) -> Result<R>,
+    ) -> Result<R> {
+        let last_use = {
+            let mut plans = self.plans.lock().unwrap();
+            match plans.iter().find(|(k, _)| k.as_slice() == deferred) {
+                Some((_, p)) => p.clone(),
+                None => {
+                    let p = Arc::new(self.prog.last_use_skipping(deferred));
+                    plans.push((deferred.to_vec(), p.clone()));
+                    p
+                }
+            }
+        };
+        let mut arena = self.arena.lock().unwrap();
+        with_arena(&mut arena, || -> Result<R> {
+            let mut inline_update = |slot: usize, vals: &mut [Option<Tensor>]| -> Result<()> {
+                match at_node.iter().find(|u| u.0 == slot) {
+                    Some(&(_, i, beta)) => self.fused_update(i, beta, vals),
+                    None => Ok(()),
+                }
+            };
+            let vals = self.prog.run_slots(inputs, &last_use, skip, &mut inline_update)?;
+            let loss = vals[self.prog.outputs[0]].as_ref().expect("program output missing");
+            if loss.data().len() != 1 {
+                bail!(Shape, "compiled step: the loss must be a scalar, got shape {:?}", loss.shape);
+            }
+            let loss = loss.data()[0];
+            let r = finish(loss, &vals);
+            drop(vals);
+            r
+        })
+    }
+
+    fn run_here(&self, inputs: &[Tensor], calls: &[Call]) -> Result<f32> {
+        self.check_calls(calls)?;
         let fused = self.fused(calls);
         // every fused node is skipped by the replay; those that cannot run inline are deferred
         // to the end (their inputs are kept alive until then)
@@ -212,6 +352,7 @@ impl TrainStep {
         let mut deferred = vec![false; self.prog.slots.len()];
         // a fused node's slot -> (parameter, SGD factor) for the updates made inline
         let mut at_node: Vec<(usize, usize, f32)> = Vec::new();
+        let mut at_end: Vec<(usize, f32)> = Vec::new();
         for c in calls {
             let beta = c.rule.plain_sgd_factor().unwrap_or(0.0);
             for &i in &c.params {
@@ -222,60 +363,22 @@ impl TrainStep {
                         at_node.push((slot, i, beta));
                     } else {
                         deferred[slot] = true;
+                        at_end.push((i, beta));
                     }
                 }
             }
         }
-        let last_use = {
-            let mut plans = self.plans.lock().unwrap();
-            match plans.iter().find(|(k, _)| *k == deferred) {
-                Some((_, p)) => p.clone(),
-                None => {
-                    let p = Arc::new(self.prog.last_use_skipping(&deferred));
-                    plans.push((deferred.clone(), p.clone()));
-                    p
-                }
+        self.replay(inputs, &skip, &deferred, &at_node, |loss, vals| {
+            let (mut grads, mut shapes): (Vec<&[f32]>, Vec<&[usize]>) = (Vec::new(), Vec::new());
+            for i in 0..self.params.len() {
+                let g = if fused[i] { None } else { Some(vals[self.prog.outputs[self.grad_out[i]]].as_ref().expect("program output missing")) };
+                grads.push(g.map_or(&[][..], |g| g.data()));
+                shapes.push(g.map_or(&[][..], |g| g.shape.as_slice()));
             }
-        };
-        let mut arena = self.arena.lock().unwrap();
-        with_arena(&mut arena, || -> Result<f32> {
-            let mut inline_update = |slot: usize, vals: &mut [Option<Tensor>]| -> Result<()> {
-                match at_node.iter().find(|u| u.0 == slot) {
-                    Some(&(_, i, beta)) => self.fused_update(i, beta, vals),
-                    None => Ok(()),
-                }
-            };
-            let vals = self.prog.run_slots(inputs, &last_use, &skip, &mut inline_update)?;
-            let out = |k: usize| vals[self.prog.outputs[k]].as_ref().expect("program output missing");
-            let loss = out(0);
-            if loss.data().len() != 1 {
-                bail!(Shape, "compiled step: the loss must be a scalar, got shape {:?}", loss.shape);
+            self.update_unfused(calls, &fused, &grads, &shapes)?;
+            for (i, beta) in at_end {
+                self.fused_update(i, beta, vals)?;
             }
-            let loss = loss.data()[0];
-            for c in calls {
-                let (mut plain, mut fuse) = (Vec::new(), Vec::new());
-                for &i in &c.params {
-                    if fused[i] { fuse.push(i) } else { plain.push(i) }
-                }
-                if !plain.is_empty() {
-                    let ps: Vec<Var> = plain.iter().map(|&i| self.params[i].clone()).collect();
-                    let pos: Vec<usize> = plain.iter().map(|&i| c.params.iter().position(|&j| j == i).unwrap()).collect();
-                    let states: Vec<Option<Vec<Var>>> = c.states.iter().map(|s| s.as_ref().map(|s| pos.iter().map(|&k| s[k].clone()).collect())).collect();
-                    let grads: Vec<&Tensor> = plain.iter().map(|&i| out(self.grad_out[i])).collect();
-                    if ops::profile::enabled() {
-                        ops::profile::timed("optimizer_update", &grads, || update_vars(&c.rule, &ps, &states, &grads))
-                    } else {
-                        update_vars(&c.rule, &ps, &states, &grads)
-                    }?;
-                }
-                let beta = c.rule.plain_sgd_factor().unwrap_or(0.0);
-                for i in fuse {
-                    if !self.inline[i] {
-                        self.fused_update(i, beta, &vals)?;
-                    }
-                }
-            }
-            drop(vals);
             Ok(loss)
         })
     }
