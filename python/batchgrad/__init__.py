@@ -9,7 +9,7 @@
 from . import _core
 from .tensor import *  # noqa: F403
 from .tensor import __all__ as _tensor_all
-from . import data, datasets
+from . import data, datasets, distributed
 from .io import load, save
 from . import nn, optim
 from .train import evaluate, fit
@@ -22,7 +22,7 @@ def op_table() -> list[dict]:
     return _core.op_table()
 
 
-__all__ = list(_tensor_all) + ["data", "datasets", "save", "load", "op_table", "nn", "optim", "fit", "evaluate"]
+__all__ = list(_tensor_all) + ["data", "datasets", "distributed", "save", "load", "op_table", "nn", "optim", "fit", "evaluate"]
 
 from .transforms import Graph, TracingError, grad, render_minibatch_graphs, replicate, trace, value_and_grad, vmap  # noqa: E402
 

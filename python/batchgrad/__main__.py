@@ -231,6 +231,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         except bg.gpu.GpuUnavailableError as e:
             print(f"batchgrad train: --device gpu: {e}", file=sys.stderr)
             return 2
+    world = bg.distributed.init() if bg.distributed.launched_by_mpi() else bg.distributed.get_world()
+    if world.size > 1 and args.device != "cpu":
+        if world.is_root:
+            print("batchgrad train: under mpirun, training is data-parallel on the CPU; drop --device gpu", file=sys.stderr)
+        return 2
+    root = world.is_root
     X_tr, y_tr, X_te, y_te, source = load_data(args.data)
     n_classes = int(max(y_tr.max(), y_te.max())) + 1
     sizes = [X_tr.shape[1], *args.hidden, n_classes]
@@ -240,19 +246,29 @@ def cmd_train(args: argparse.Namespace) -> int:
     sched = None
     if args.schedule == "cosine" and args.epochs > 0:
         sched = bg.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=args.epochs)
-    train_loader = bg.data.DataLoader(bg.data.ArrayDataset(X_tr, y_tr), batch_size=args.batch_size, shuffle=True,
-                                      seed=args.seed)
+    train_set = bg.data.ArrayDataset(X_tr, y_tr)
+    if world.size > 1:  # each rank its shard of every epoch; --batch-size examples per rank
+        sampler = bg.distributed.DistributedSampler(train_set, shuffle=True, seed=args.seed)
+        train_loader = bg.data.DataLoader(train_set, batch_size=args.batch_size, sampler=sampler)
+    else:
+        train_loader = bg.data.DataLoader(train_set, batch_size=args.batch_size, shuffle=True, seed=args.seed)
     test_loader = bg.data.DataLoader(bg.data.ArrayDataset(X_te, y_te), batch_size=512)
     loss_fn = bg.nn.CrossEntropyLoss()
     arch = "-".join(str(s) for s in sizes)
     batch = f"{args.batch_size}" + (f" x {args.accumulate} accumulated" if args.accumulate > 1 else "")
-    print(f"training MLP {arch} on {source} ({len(y_tr)} train / {len(y_te)} test examples): "
+    if world.size > 1:
+        batch += f" per rank on {world.size} ranks (MPI) = {args.batch_size * args.accumulate * world.size} per step"
+    if root:
+        print(f"training MLP {arch} on {source} ({len(y_tr)} train / {len(y_te)} test examples): "
           f"{OPTIMIZERS[args.optimizer][1]} lr={lr:g}, {args.schedule} schedule, batch {batch}, "
-          f"{args.epochs} epochs, seed {args.seed}" + (f", on {name}" if args.device == "gpu" else ""), flush=True)
+              f"{args.epochs} epochs, seed {args.seed}" + (f", on {name}" if args.device == "gpu" else ""), flush=True)
     t0 = time.perf_counter()
     history = bg.fit(model, loss_fn, opt, train_loader, epochs=args.epochs, accumulate=args.accumulate,
-                     val_loader=test_loader, progress=not args.no_progress, scheduler=sched, device=args.device)
+                     val_loader=test_loader, progress=not args.no_progress, scheduler=sched, device=args.device,
+                     distributed=world.size > 1)
     elapsed = time.perf_counter() - t0
+    if not root:  # every rank holds the same model; rank 0 reports and saves
+        return 0
     test_loss, test_acc = bg.evaluate(model, test_loader, loss_fn, device=args.device)
     if history.train_loss:
         print(f"trained {history.steps} steps in {elapsed:.1f} s: final train loss {history.train_loss[-1]:.4f}, "

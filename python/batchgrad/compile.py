@@ -45,14 +45,27 @@ class CompiledStep:
     """A training step `loss = loss_fn(model(X), y); backward; optimizer.step()` recorded as a flat
     program per batch shape and replayed, update included, by one Rust call."""
 
-    def __init__(self, model: Any, loss_fn: Callable[[Tensor, Tensor], Tensor], optimizer: Any, device: str = "cpu") -> None:
+    def __init__(self, model: Any, loss_fn: Callable[[Tensor, Tensor], Tensor], optimizer: Any, device: str = "cpu",
+                 distributed: bool = False) -> None:
         if device not in ("cpu", "gpu"):
             raise ValueError(f"compile_step: device must be 'cpu' or 'gpu', got {device!r}")
+        if distributed and device != "cpu":
+            raise ValueError("compile_step: distributed=True runs on the CPU (device='cpu')")
         self.model, self.loss_fn, self.optimizer, self.device = model, loss_fn, optimizer, device
         self.params = [p for g in optimizer.param_groups for p in g["params"]]
         self._index = {id(p): i for i, p in enumerate(self.params)}
         self.steps: dict[tuple, Any] = {}
         self.gpu = None
+        self.reducer = None
+        if distributed:
+            from .distributed import GradientReducer, broadcast_parameters, get_world
+            from .train import _reduction
+
+            world = get_world()
+            if world.size > 1:
+                broadcast_parameters(self.params, world=world)
+                self.reducer = GradientReducer([p.shape for p in self.params], n_stats=1, world=world)
+                self._mean = _reduction(loss_fn) == "mean"
         if device == "gpu":
             from .gpu.step import GpuStep
 
@@ -108,7 +121,25 @@ class CompiledStep:
         if self.gpu is not None:
             return self.gpu(X, y)
         X, y = as_tensor(X), _labels(y)
+        if self.reducer is not None:
+            return self._distributed(X, y)
         return self.step_for(X, y).run([X._v, y._v], self._calls())
+
+    def _distributed(self, X: Tensor, y: Tensor) -> float:
+        """Forward + backward into the reducer's flat buffer (one Rust call), one all-reduce of
+        it, then the update from it (one Rust call); returns the loss of all ranks' examples."""
+        red = self.reducer
+        n = int(X.shape[0]) if X.ndim else 1
+        red.begin(n)
+        err, loss = None, 0.0
+        try:
+            loss = self.step_for(X, y).grads_into([X._v, y._v], red.flat)
+        except Exception as e:  # noqa: BLE001 - raised on every rank by reduce()
+            err = e
+        total, _ = red.counts()
+        st = red.reduce(None, n, self._mean, [loss * n if self._mean else loss], err)
+        self.step_for(X, y).update_from(red.flat, self._calls())
+        return float(st[0] / total) if self._mean else float(st[0])
 
     def to_model(self) -> Any:
         """The model with the step's parameters (on the GPU: copied back into it in place)."""
@@ -120,7 +151,8 @@ class CompiledStep:
         return self.gpu.optimizer_state() if self.gpu is not None else self.optimizer.state_dict()
 
 
-def compile_step(model: Any, loss_fn: Callable[[Tensor, Tensor], Tensor], optimizer: Any, example_batch: tuple | None = None, device: str = "cpu") -> CompiledStep:
+def compile_step(model: Any, loss_fn: Callable[[Tensor, Tensor], Tensor], optimizer: Any, example_batch: tuple | None = None, device: str = "cpu",
+                 distributed: bool = False) -> CompiledStep:
     """Record forward + backward of one training step as a flat program (once per batch shape) and
     return a callable `step(X, y) -> loss` that replays it and applies `optimizer`'s update in
     one Rust call.
@@ -130,8 +162,15 @@ def compile_step(model: Any, loss_fn: Callable[[Tensor, Tensor], Tensor], optimi
 
     ``device="gpu"`` replays the same program on the GPU (see `batchgrad.gpu`): parameters and
     optimizer state stay there, each step is one submit, and the returned loss is lazy.
+
+    ``distributed=True`` (CPU) makes it a data-parallel step over the ranks of
+    `bg.distributed.init()`: rank 0's parameters are broadcast when the step is made, and each
+    call replays forward + backward into one flat gradient buffer, all-reduces it (weighted by
+    each rank's batch size), then applies the update from it, so every rank takes the step of
+    the union of all ranks' batches; it returns that union's loss. No matmul epilogue fusion
+    (the update needs the summed gradient).
     """
-    step = CompiledStep(model, loss_fn, optimizer, device)
+    step = CompiledStep(model, loss_fn, optimizer, device, distributed)
     if example_batch is not None:
         X, y = example_batch
         step.step_for(as_tensor(X), _labels(y))

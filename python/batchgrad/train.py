@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from . import _core
 from .nn import BCEWithLogitsLoss
 from .nn import functional as F
 from .nn.utils import clip_grad_norm_
@@ -127,6 +128,8 @@ def fit(
     start_epoch: int | None = None,
     device: str = "cpu",
     log_every: int = 10,
+    distributed: bool = False,
+    checkpoint: str | None = None,
 ) -> History:
     """Train ``model`` for ``epochs`` epochs of minibatch gradient descent.
 
@@ -161,6 +164,19 @@ def fit(
             epoch (before validation). It needs ``accumulate=1`` and no ``max_grad_norm``; the
             train accuracy is not computed (None).
         log_every: on the GPU, steps between loss read-backs.
+        distributed: data-parallel training over the ranks of :func:`batchgrad.distributed.init`
+            (MPI; a 1-process world trains as without it). Rank 0's parameters are broadcast
+            first; each optimizer step's gradients (after all ``accumulate`` micro-batches) are
+            summed over the ranks in one all-reduce of one flat buffer, weighted by each rank's
+            examples, so every rank takes the step of one batch of all ranks' examples. Give
+            each rank its shard with :class:`batchgrad.distributed.DistributedSampler`. The
+            history (losses, accuracies, validation metrics) is of all ranks together; only rank
+            0 shows progress and writes the checkpoint. An exception in a step on any rank is
+            raised on every rank as a ``DistributedError``; one elsewhere (or a rank that stops
+            answering past the time-out) aborts the whole job. CPU only.
+        checkpoint: a path: after every epoch, :func:`batchgrad.save` (atomic) writes
+            ``{"model", "optimizer", "scheduler", "epoch"}`` there (on rank 0 only when
+            distributed); resume with ``start_epoch=state["epoch"]``.
 
     Returns:
         a :class:`History`.
@@ -182,6 +198,20 @@ def fit(
     if device not in ("cpu", "gpu"):
         raise ValueError(f"fit: device must be 'cpu' or 'gpu', got {device!r}")
     gstep = None
+    reducer = None
+    if distributed:
+        if device != "cpu":
+            raise ValueError("fit: distributed=True runs on the CPU (device='cpu'); the GPU step keeps its gradients "
+                             "on the GPU and has no all-reduce")
+        from .distributed import GradientReducer, broadcast_parameters, get_world
+
+        world = get_world()
+        progress = progress and world.is_root
+        if world.size > 1:
+            params = [p for g in optimizer.param_groups for p in g["params"]]
+            broadcast_parameters(params, world=world)
+            reducer = GradientReducer([p.shape for p in params], n_stats=4, world=world)
+    is_root = reducer is None or reducer.world.is_root
     if device == "gpu":
         if accumulate != 1 or max_grad_norm is not None:
             raise ValueError("fit(device='gpu') supports accumulate=1 and max_grad_norm=None only "
@@ -190,7 +220,6 @@ def fit(
         from .compile import compile_step
 
         gstep = compile_step(model, loss_fn, optimizer, device="gpu")
-    from tqdm.auto import tqdm
 
     history = History()
     if hasattr(model, "train"):
@@ -200,6 +229,27 @@ def fit(
     except TypeError:
         n_groups = None
     last_epoch = first_epoch + epochs
+    try:
+        _epochs(model, loss_fn, optimizer, train_loader, val_loader, first_epoch, last_epoch, start_epoch, accumulate,
+                reduction, scheduler, scheduler_interval, max_grad_norm, device, log_every, gstep, reducer, progress,
+                checkpoint if is_root else None, n_groups, history)
+    except BaseException as e:
+        from .distributed import DistributedError, abort
+
+        if reducer is None or isinstance(e, DistributedError):
+            raise
+        # not in a gradient step (e.g. in validation, the loader between steps, Ctrl-C): the other
+        # ranks are waiting in a collective this rank will never join
+        abort(f"fit raised {type(e).__name__}: {e}")
+    return history
+
+
+def _epochs(model: Any, loss_fn: Any, optimizer: Any, train_loader: Any, val_loader: Any, first_epoch: int,
+            last_epoch: int, start_epoch: int | None, accumulate: int, reduction: str, scheduler: Any,
+            scheduler_interval: str, max_grad_norm: float | None, device: str, log_every: int, gstep: Any,
+            reducer: Any, progress: bool, checkpoint: str | None, n_groups: int | None, history: History) -> None:
+    from tqdm.auto import tqdm
+
     for epoch in range(first_epoch, last_epoch):
         if start_epoch is not None and hasattr(train_loader, "set_epoch"):
             train_loader.set_epoch(epoch)
@@ -215,41 +265,25 @@ def fit(
                 has_acc = False
             it = iter(train_loader) if gstep is None else iter(())
             while True:
-                group = [_unpack(b) for b in itertools.islice(it, accumulate)]
-                if not group:
-                    break
-                sizes = [_batch_len(x, y) for x, y in group]
-                total = sum(sizes)
+                if reducer is not None:
+                    out = _distributed_group(model, loss_fn, optimizer, it, accumulate, reduction, reducer, epoch,
+                                             step_in_epoch + 1, history)
+                    if out is None:
+                        break
+                    group_loss, total, c_sum, c_cnt, acc_ok = out
+                else:
+                    group = [_unpack(b) for b in itertools.islice(it, accumulate)]
+                    if not group:
+                        break
+                    optimizer.zero_grad()
+                    group_loss, total, c_sum, c_cnt, acc_ok = _group_grads(
+                        model, loss_fn, optimizer, group, reduction, epoch, step_in_epoch + 1, history, has_acc)
                 if total == 0:
                     continue
                 step_in_epoch += 1
-                optimizer.zero_grad()
-                group_loss = 0.0
-                for j, ((x, y), b) in enumerate(zip(group, sizes)):
-                    out = model(x)
-                    loss = _scalar_loss(loss_fn(out, y))
-                    value = loss.item()
-                    if not math.isfinite(value):
-                        optimizer.zero_grad()
-                        raise FloatingPointError(
-                            f"loss is {value} at epoch {epoch + 1}, step {step_in_epoch} "
-                            f"(optimizer step {history.steps + 1} of this fit, micro-batch {j + 1} of {len(group)}); "
-                            "the parameters were not updated by this step"
-                        )
-                    if reduction == "mean":
-                        if b != total:
-                            loss = loss * (b / total)
-                        group_loss += value * b
-                    else:
-                        group_loss += value
-                    loss.backward()
-                    if has_acc:
-                        c = _n_correct(out, y, loss_fn)
-                        if c is None:
-                            has_acc = False
-                        else:
-                            ep_correct += c[0]
-                            ep_counted += c[1]
+                has_acc = has_acc and acc_ok
+                ep_correct += c_sum
+                ep_counted += c_cnt
                 if max_grad_norm is not None:
                     clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], max_grad_norm)
                 optimizer.step()
@@ -264,7 +298,7 @@ def fit(
             history.train_loss.append(ep_loss / ep_n if ep_n else math.nan)
             history.train_accuracy.append(ep_correct / ep_counted if has_acc and ep_counted else None)
             if val_loader is not None:
-                vl, va = evaluate(model, val_loader, loss_fn, device=device)
+                vl, va = evaluate(model, val_loader, loss_fn, device=device, distributed=reducer is not None)
                 history.val_loss.append(vl)
                 history.val_accuracy.append(va)
                 post = {"loss": f"{history.train_loss[-1]:.4f}", "val_loss": f"{vl:.4f}"}
@@ -273,9 +307,94 @@ def fit(
                 bar.set_postfix(post, refresh=True)
             if scheduler is not None and scheduler_interval == "epoch":
                 scheduler.step()
+            if checkpoint is not None:
+                from .io import save
+
+                save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                      "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                      "epoch": epoch + 1}, checkpoint)
         finally:
             bar.close()
-    return history
+
+
+def _group_grads(model: Any, loss_fn: Any, optimizer: Any, group: list, reduction: str, epoch: int, step: int,
+                 history: History, want_acc: bool) -> tuple[float, int, int, int, bool]:
+    """Forward and backward of one optimizer step's micro-batches, accumulating into ``.grad``
+    the gradient of the group's loss (the mean over its examples for a ``"mean"`` loss).
+    Returns (loss sum: value x examples for "mean", examples, correct, counted, accuracy applies)."""
+    sizes = [_batch_len(x, y) for x, y in group]
+    total = sum(sizes)
+    group_loss, correct, counted, acc_ok = 0.0, 0, 0, want_acc
+    if total == 0:
+        return 0.0, 0, 0, 0, acc_ok
+    for j, ((x, y), b) in enumerate(zip(group, sizes)):
+        out = model(x)
+        loss = _scalar_loss(loss_fn(out, y))
+        value = loss.item()
+        if not math.isfinite(value):
+            optimizer.zero_grad()
+            raise FloatingPointError(
+                f"loss is {value} at epoch {epoch + 1}, step {step} "
+                f"(optimizer step {history.steps + 1} of this fit, micro-batch {j + 1} of {len(group)}); "
+                "the parameters were not updated by this step"
+            )
+        if reduction == "mean":
+            if b != total:
+                loss = loss * (b / total)
+            group_loss += value * b
+        else:
+            group_loss += value
+        loss.backward()
+        if acc_ok:
+            c = _n_correct(out, y, loss_fn)
+            if c is None:
+                acc_ok = False
+            else:
+                correct += c[0]
+                counted += c[1]
+    return group_loss, total, correct, counted, acc_ok
+
+
+def _distributed_group(model: Any, loss_fn: Any, optimizer: Any, it: Any, accumulate: int, reduction: str,
+                       reducer: Any, epoch: int, step: int, history: History) -> tuple[float, int, int, int, bool] | None:
+    """One optimizer step's gradients on this rank, summed over all ranks by ``reducer`` (one
+    all-reduce); None when every rank's loader is exhausted. An exception on any rank (also a
+    non-finite loss, or a loader with fewer batches than the others') is raised on every rank as a
+    DistributedError before any parameter changes."""
+    from .distributed import DistributedError
+
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    err: BaseException | None = None
+    group: list = []
+    try:
+        group = [_unpack(b) for b in itertools.islice(it, accumulate)]
+        n = sum(_batch_len(x, y) for x, y in group)
+    except Exception as e:  # noqa: BLE001 - shared with the other ranks below
+        err, n = e, 0
+    reducer.begin(n, has_batch=bool(group) or err is not None)
+    stats = [0.0, 0.0, 0.0, 0.0]  # loss sum, correct, counted, ranks without accuracy
+    if err is None and group:
+        optimizer.zero_grad()
+        try:
+            gl, _, c, cnt, acc_ok = _group_grads(model, loss_fn, optimizer, group, reduction, epoch, step, history, True)
+            stats = [gl, c, cnt, 0.0 if acc_ok else 1.0]
+        except Exception as e:  # noqa: BLE001
+            err = e
+    total, with_batch = reducer.counts()
+    if with_batch == 0:
+        return None
+    if err is None and not group:
+        err = DistributedError(
+            f"the train loader of this rank ran out of batches at epoch {epoch + 1}, step {step}, while "
+            f"{with_batch} of {reducer.world.size} ranks had more: give every rank the same number of batches "
+            "(bg.distributed.DistributedSampler does)")
+    grads = [None if p.grad is None else p.grad.numpy() for p in params]
+    had = [g is not None for g in grads]
+    st = reducer.reduce(grads, n, reduction == "mean", stats, err)
+    for p, g, h in zip(params, reducer.grads, had):
+        if h:
+            p.grad = Tensor(_core.from_numpy(g, False))
+    return float(st[0]), total, int(st[1]), int(st[2]), st[3] == 0
 
 
 def _gpu_epoch(gstep: Any, loader: Any, reduction: str, history: History, bar: Any, epoch: int, log_every: int,
@@ -319,7 +438,8 @@ def _gpu_epoch(gstep: Any, loader: Any, reduction: str, history: History, bar: A
     return ep_loss, ep_n
 
 
-def evaluate(model: Any, loader: Any, loss_fn: Any = None, device: str = "cpu") -> tuple[float | None, float | None]:
+def evaluate(model: Any, loader: Any, loss_fn: Any = None, device: str = "cpu",
+             distributed: bool = False) -> tuple[float | None, float | None]:
     """Mean loss per example and accuracy of ``model`` over ``loader``, without gradients.
 
     The model is put in eval mode and restored afterwards. The loss is None without a
@@ -327,6 +447,10 @@ def evaluate(model: Any, loader: Any, loss_fn: Any = None, device: str = "cpu") 
     ``logit > 0`` against 0/1 targets for BCE-with-logits) is None when it does not apply.
     ``device="gpu"`` runs the model's forward pass on the GPU (recorded once per batch shape,
     parameters uploaded once per call); the loss and accuracy are taken from its outputs.
+    ``distributed=True`` sums the loss, example and correct counts over the ranks of
+    :func:`batchgrad.distributed.init` (one all-reduce), so every rank returns the metrics of all
+    ranks' examples together: give each rank its shard with a ``DistributedSampler(...,
+    shuffle=False)`` (whose padding repeats up to ``world size - 1`` examples).
     """
     if device not in ("cpu", "gpu"):
         raise ValueError(f"evaluate: device must be 'cpu' or 'gpu', got {device!r}")
@@ -363,6 +487,12 @@ def evaluate(model: Any, loader: Any, loss_fn: Any = None, device: str = "cpu") 
     finally:
         if was_training is not None and hasattr(model, "train"):
             model.train(was_training)
+    if distributed:
+        from .distributed import allreduce_
+
+        sums = allreduce_(np.array([total_loss, n, correct, counted, 0.0 if has_acc else 1.0]), "sum",
+                          what="validation metrics all-reduce")
+        total_loss, n, correct, counted, has_acc = float(sums[0]), int(sums[1]), int(sums[2]), int(sums[3]), sums[4] == 0
     loss = (total_loss / n if n else math.nan) if loss_fn is not None else None
     acc = correct / counted if has_acc and counted else None
     return loss, acc

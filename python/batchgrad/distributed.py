@@ -1,0 +1,378 @@
+"""Data-parallel minibatch SGD on MPI (``pip install 'batchgrad[mpi]'``: mpi4py over Open MPI).
+
+A minibatch of ``B`` examples is split across ``W`` processes (ranks); each computes the gradient
+of its ``B / W`` examples and one all-reduce sums them, weighted by the examples each rank had, so
+every rank applies the update of one batch of ``B``: the same parameters as one process, up to
+float rounding. Launch the same script on every rank::
+
+    mpirun -n 2 python train.py                       # one machine, 2 processes
+    mpirun -n 16 --hostfile hosts python train.py     # several machines
+    srun -n 64 python train.py                         # Slurm (Open MPI built with PMIx)
+
+and in the script::
+
+    world = bg.distributed.init()                     # rank and size from MPI; 1 process without mpirun
+    sampler = bg.distributed.DistributedSampler(ds, shuffle=True, seed=0)
+    loader = bg.data.DataLoader(ds, batch_size=64, sampler=sampler)    # 64 per rank
+    bg.fit(model, loss_fn, opt, loader, epochs=10, distributed=True)
+
+Everything here works as a 1-process world without ``mpirun`` and without mpi4py installed.
+Collectives never wait forever: each polls its request against a time-out
+(``init(timeout=...)``, ``BATCHGRAD_MPI_TIMEOUT``, default 300 s) and, when it expires, prints
+which collective and rank gave up and aborts the whole job (``MPI.COMM_WORLD.Abort``), since a
+pending MPI collective cannot be cancelled. An exception on one rank inside :func:`batchgrad.fit`
+is shared with every rank at the next gradient all-reduce and raised on all of them as a
+:class:`DistributedError` naming the rank and its error; a rank that dies is reported by
+``mpirun``, which then stops the others.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from . import _core
+
+__all__ = [
+    "World", "DistributedError", "init", "get_world", "is_initialized", "launched_by_mpi", "allreduce_", "allgather",
+    "broadcast_", "broadcast_parameters", "barrier", "abort", "DistributedSampler", "GradientReducer",
+]
+
+DEFAULT_TIMEOUT = 300.0
+
+# Variables a launcher sets in every process it starts (Open MPI, MPICH/Hydra, PMIx/Slurm srun with
+# --mpi=pmix, Intel MPI). Without one of them the process is a 1-process world and mpi4py is not
+# imported (importing it initialises MPI, which is slow and noisy outside a launcher).
+_LAUNCHER_VARS = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK", "PMI_RANK", "MPI_LOCALNRANKS", "HYDRA_CONTROL_FD")
+
+
+class DistributedError(RuntimeError):
+    """A collective failed or timed out, or another rank raised: the job cannot go on."""
+
+
+@dataclass(frozen=True)
+class World:
+    """The processes of a data-parallel job: this process's ``rank`` in ``0 .. size - 1``.
+
+    ``comm`` is the mpi4py communicator (None in a 1-process world without MPI); ``timeout`` the
+    seconds a collective may wait before the job is aborted.
+    """
+
+    rank: int
+    size: int
+    comm: Any = None
+    timeout: float = DEFAULT_TIMEOUT
+
+    @property
+    def is_root(self) -> bool:
+        """True on rank 0, the rank that prints progress and writes checkpoints."""
+        return self.rank == 0
+
+    def __repr__(self) -> str:
+        via = "MPI" if self.comm is not None else "no MPI"
+        return f"World(rank={self.rank}, size={self.size}, {via}, timeout={self.timeout:g}s)"
+
+
+_world: World | None = None
+
+
+def launched_by_mpi() -> bool:
+    """Whether this process was started by an MPI launcher (mpirun, mpiexec, srun with PMIx)."""
+    return any(v in os.environ for v in _LAUNCHER_VARS)
+
+
+def _timeout_from_env() -> float:
+    raw = os.environ.get("BATCHGRAD_MPI_TIMEOUT")
+    if raw is None:
+        return DEFAULT_TIMEOUT
+    try:
+        t = float(raw)
+    except ValueError:
+        t = math.nan
+    if not (t > 0 and math.isfinite(t)):
+        raise ValueError(f"BATCHGRAD_MPI_TIMEOUT must be a positive number of seconds, got {raw!r}")
+    return t
+
+
+def init(comm: Any = None, timeout: float | None = None) -> World:
+    """Join the job: rank and size from MPI, or a 1-process world without a launcher.
+
+    Under ``mpirun``/``srun`` this imports mpi4py and uses ``MPI.COMM_WORLD`` (or ``comm``, any
+    mpi4py intracommunicator). Without a launcher it returns ``World(rank=0, size=1)`` and does not
+    import mpi4py, unless ``comm`` is given. Calling it again returns the same world (a new
+    ``timeout`` replaces the old one).
+
+    Args:
+        comm: an mpi4py communicator to use instead of ``COMM_WORLD``.
+        timeout: seconds a collective may wait for the other ranks before the job is aborted
+            (default ``BATCHGRAD_MPI_TIMEOUT`` or 300).
+
+    Raises:
+        DistributedError: launched by MPI but mpi4py is not installed.
+        ValueError: a non-positive ``timeout``.
+    """
+    global _world
+    if timeout is None:
+        t = _world.timeout if _world is not None else _timeout_from_env()
+    else:
+        try:
+            t = float(timeout)
+        except (TypeError, ValueError):
+            raise TypeError(f"init: timeout must be a number of seconds, got {type(timeout).__name__}") from None
+        if not (t > 0 and math.isfinite(t)):
+            raise ValueError(f"init: timeout must be a positive finite number of seconds, got {timeout!r}")
+    if _world is not None and comm is None:
+        _world = World(_world.rank, _world.size, _world.comm, t)
+        return _world
+    if comm is None and launched_by_mpi():
+        try:
+            from mpi4py import MPI
+        except ImportError:
+            raise DistributedError(
+                "this process was started by an MPI launcher but mpi4py is not installed: "
+                "pip install 'batchgrad[mpi]' (needs an MPI library, e.g. apt-get install libopenmpi-dev openmpi-bin)"
+            ) from None
+        comm = MPI.COMM_WORLD
+    if comm is None:
+        _world = World(0, 1, None, t)
+    else:
+        _world = World(int(comm.Get_rank()), int(comm.Get_size()), comm, t)
+    return _world
+
+
+def get_world() -> World:
+    """The current world, calling :func:`init` first if nothing has."""
+    return _world if _world is not None else init()
+
+
+def is_initialized() -> bool:
+    """Whether :func:`init` has run in this process."""
+    return _world is not None
+
+
+def _mpi() -> Any:
+    from mpi4py import MPI
+
+    return MPI
+
+
+def abort(message: str, code: int = 1) -> None:
+    """Print ``message`` (prefixed with the rank) to stderr and stop every rank of the job."""
+    w = get_world()
+    print(f"batchgrad.distributed: rank {w.rank}/{w.size}: {message}; aborting the job", file=sys.stderr, flush=True)
+    if w.comm is not None:
+        w.comm.Abort(code)
+    raise SystemExit(code)
+
+
+def _wait(req: Any, what: str, world: World) -> None:
+    """Complete a non-blocking MPI request, polling it, or abort the job after the time-out."""
+    if req.Test():
+        return
+    start = time.perf_counter()
+    deadline = start + world.timeout
+    spins = 0
+    while not req.Test():
+        spins += 1
+        if spins > 2000:  # past the first ~ms, let the other ranks' processes have the cores
+            now = time.perf_counter()
+            if now > deadline:
+                abort(f"{what} did not complete within {world.timeout:g} s (another rank is hung, dead or "
+                      "out of step; set the limit with bg.distributed.init(timeout=...) or BATCHGRAD_MPI_TIMEOUT)")
+            time.sleep(min(1e-3, 1e-5 * (spins - 2000)))
+
+
+def allreduce_(array: np.ndarray, op: str = "sum", world: World | None = None, what: str = "all-reduce") -> np.ndarray:
+    """Reduce a contiguous numpy array over all ranks, in place (``op``: ``"sum"``, ``"max"``,
+    ``"min"``); returns it. A no-op in a 1-process world."""
+    w = world or get_world()
+    if op not in ("sum", "max", "min"):
+        raise ValueError(f"allreduce_: op must be 'sum', 'max' or 'min', got {op!r}")
+    if not isinstance(array, np.ndarray) or not array.flags.c_contiguous or not array.flags.writeable:
+        raise TypeError("allreduce_: expected a writeable C-contiguous numpy array")
+    if w.comm is None or w.size == 1:
+        return array
+    MPI = _mpi()
+    req = w.comm.Iallreduce(MPI.IN_PLACE, array, op={"sum": MPI.SUM, "max": MPI.MAX, "min": MPI.MIN}[op])
+    _wait(req, f"{what} of {array.size} {array.dtype} values", w)
+    return array
+
+
+def broadcast_(array: np.ndarray, root: int = 0, world: World | None = None, what: str = "broadcast") -> np.ndarray:
+    """Overwrite ``array`` on every rank with rank ``root``'s, in place; returns it."""
+    w = world or get_world()
+    if not isinstance(array, np.ndarray) or not array.flags.c_contiguous or not array.flags.writeable:
+        raise TypeError("broadcast_: expected a writeable C-contiguous numpy array")
+    if w.comm is None or w.size == 1:
+        return array
+    _wait(w.comm.Ibcast(array, root=root), f"{what} of {array.size} {array.dtype} values from rank {root}", w)
+    return array
+
+
+def allgather(obj: Any, world: World | None = None, what: str = "all-gather") -> list[Any]:
+    """Every rank's ``obj`` (any picklable object), in rank order. Sizes, then bytes, each a
+    non-blocking collective under the time-out."""
+    w = world or get_world()
+    if w.comm is None or w.size == 1:
+        return [obj]
+    import pickle
+
+    data = np.frombuffer(pickle.dumps(obj), dtype=np.uint8)
+    sizes = np.zeros(w.size, dtype=np.int64)
+    sizes[w.rank] = data.size
+    allreduce_(sizes, "sum", w, what)
+    out = np.zeros(int(sizes.sum()), dtype=np.uint8)
+    offs = np.concatenate([[0], np.cumsum(sizes)])
+    out[offs[w.rank]: offs[w.rank + 1]] = data
+    allreduce_(out, "max", w, what)  # every byte is written by exactly one rank, the rest are 0
+    return [pickle.loads(out[offs[r]: offs[r + 1]].tobytes()) for r in range(w.size)]
+
+
+def barrier(world: World | None = None) -> None:
+    """Wait until every rank gets here (under the time-out)."""
+    w = world or get_world()
+    if w.comm is not None and w.size > 1:
+        _wait(w.comm.Ibarrier(), "barrier", w)
+
+
+def _flat_params(tensors: list[Any]) -> np.ndarray:
+    return np.concatenate([np.asarray(t.numpy(), np.float32).ravel() for t in tensors]) if tensors else np.zeros(0, np.float32)
+
+
+def broadcast_parameters(model: Any, root: int = 0, world: World | None = None) -> None:
+    """Give every rank rank ``root``'s parameters (``model.parameters()``, or a list of tensors):
+    one broadcast of one flat buffer. Call it before training so all ranks start identical."""
+    w = world or get_world()
+    if w.size == 1:
+        return
+    params = list(model.parameters()) if hasattr(model, "parameters") else list(model)
+    shapes = allgather([tuple(p.shape) for p in params], w, "parameter shape check")
+    if any(s != shapes[root] for s in shapes):
+        bad = [r for r, s in enumerate(shapes) if s != shapes[root]]
+        raise DistributedError(f"broadcast_parameters: ranks {bad} have parameters of other shapes than rank {root} "
+                               f"({len(shapes[bad[0]])} tensors vs {len(shapes[root])})")
+    flat = broadcast_(_flat_params(params), root, w, "parameter broadcast")
+    _assign(params, flat)
+
+
+def _assign(params: list[Any], flat: np.ndarray) -> None:
+    off = 0
+    for p in params:
+        n = int(np.prod(p.shape, dtype=np.int64))
+        p._v.assign(_core.from_numpy(np.ascontiguousarray(flat[off: off + n].reshape(p.shape)), False))
+        off += n
+
+
+class GradientReducer:
+    """Sums the gradients of all ranks in ONE all-reduce of one flat float32 buffer per optimizer
+    step, weighted by each rank's examples, and shares failures.
+
+    Per step, on every rank and in this order:
+
+    1. ``begin(n)`` starts a non-blocking all-reduce of the rank's example count (and whether it
+       still had a batch); it completes while the forward and backward passes run.
+    2. ``reduce(grads, stats, error)`` waits for the counts, packs each gradient scaled by
+       ``n / N`` (a ``"mean"`` loss: the rank's gradient is the mean over its ``n`` examples, the
+       step's must be the mean over all ``N``) or 1 (``"sum"``) into the flat buffer, followed by
+       ``stats`` (sums such as the loss and correct predictions) and a failure flag, and
+       all-reduces it. With equal per-rank batches on a power-of-two number of ranks the scale is
+       a power of two, so the result is exact up to the order of one sum.
+    3. If any rank passed an ``error``, every rank gathers all errors and raises the same
+       :class:`DistributedError` (the failing rank's chained to its own exception), before any
+       parameter is updated.
+
+    ``grads`` are numpy arrays (an entry None: a parameter without gradient), or None when they
+    were written into :attr:`flat` already; the reduced gradients are :attr:`grads` (views into
+    the buffer, in parameter order).
+    """
+
+    def __init__(self, shapes: list[tuple[int, ...]], n_stats: int = 0, world: World | None = None) -> None:
+        self.world = world or get_world()
+        self.shapes = [tuple(int(d) for d in s) for s in shapes]
+        self.numels = [int(np.prod(s, dtype=np.int64)) for s in self.shapes]
+        self.offsets = np.concatenate([[0], np.cumsum(self.numels, dtype=np.int64)]).astype(np.int64)
+        self.size = int(self.offsets[-1])
+        self.n_stats = int(n_stats)
+        self.buf = np.zeros(self.size + self.n_stats + 1, np.float32)
+        self._count = np.zeros(2, np.float64)
+        self._req: Any = None
+        self.step = 0
+
+    @property
+    def flat(self) -> np.ndarray:
+        """The gradient part of the buffer (``size`` floats)."""
+        return self.buf[: self.size]
+
+    @property
+    def grads(self) -> list[np.ndarray]:
+        return [self.buf[a:b].reshape(s) for a, b, s in zip(self.offsets[:-1], self.offsets[1:], self.shapes)]
+
+    def begin(self, n: int, has_batch: bool = True) -> None:
+        """Start exchanging this step's example count (``has_batch=False``: this rank's loader is
+        exhausted)."""
+        self._count[0], self._count[1] = float(n), 1.0 if has_batch else 0.0
+        w = self.world
+        if w.comm is not None and w.size > 1:
+            MPI = _mpi()
+            self._req = w.comm.Iallreduce(MPI.IN_PLACE, self._count, op=MPI.SUM)
+
+    def counts(self) -> tuple[int, int]:
+        """(examples over all ranks, ranks that had a batch) of the step begun last."""
+        if self._req is not None:
+            req, self._req = self._req, None
+            _wait(req, f"example count exchange (step {self.step + 1})", self.world)
+        return int(self._count[0]), int(round(self._count[1]))
+
+    def reduce(self, grads: list[np.ndarray] | None, n: int, mean: bool, stats: list[float] | None = None,
+               error: BaseException | None = None) -> np.ndarray:
+        """All-reduce this step's gradients and ``stats``; returns the summed stats. Raises
+        :class:`DistributedError` on every rank when a rank passed an ``error``."""
+        total, _ = self.counts()
+        self.step += 1
+        buf = self.buf
+        scale = (n / total) if (mean and total > 0) else 1.0
+        if error is not None:
+            buf[: self.size] = 0.0
+        elif grads is None:  # already in `flat` (a compiled step's grads_into)
+            if scale != 1.0:
+                np.multiply(buf[: self.size], np.float32(scale), out=buf[: self.size])
+        else:
+            for g, a, b in zip(grads, self.offsets[:-1], self.offsets[1:]):
+                if g is None:
+                    buf[a:b] = 0.0
+                elif scale == 1.0:
+                    buf[a:b] = np.asarray(g, np.float32).reshape(-1)
+                else:
+                    np.multiply(np.asarray(g, np.float32).reshape(-1), np.float32(scale), out=buf[a:b])
+        st = buf[self.size: self.size + self.n_stats]
+        st[:] = 0.0 if stats is None else np.asarray(stats, np.float32)
+        buf[-1] = 1.0 if error is not None else 0.0
+        allreduce_(buf, "sum", self.world, f"gradient all-reduce (step {self.step})")
+        if buf[-1] > 0:
+            self._raise(error)
+        return st.astype(np.float64)
+
+    def _raise(self, error: BaseException | None) -> None:
+        w = self.world
+        mine = None if error is None else f"{type(error).__name__}: {error}"
+        errors = allgather(mine, w, "error exchange")
+        lines = [f"rank {r}: {e}" for r, e in enumerate(errors) if e is not None]
+        msg = (f"{len(lines)} of {w.size} ranks failed at optimizer step {self.step}; no rank updated its "
+               "parameters in this step:\n  " + "\n  ".join(lines))
+        if error is not None:
+            raise DistributedError(msg) from error
+        raise DistributedError(msg)
+
+
+def __getattr__(name: str) -> Any:
+    if name == "DistributedSampler":
+        from .data import DistributedSampler
+
+        return DistributedSampler
+    raise AttributeError(f"module 'batchgrad.distributed' has no attribute {name!r}")

@@ -1,0 +1,250 @@
+"""Data-parallel training on MPI (bg.distributed): `mpirun -n 2` runs tests/mpi_worker.py.
+
+The exactness tests rebuild, in this process, every optimizer step's union of the two ranks'
+batches and train one process on it: the parameters must agree to 1e-6 relative. Under CI=true
+a missing mpirun or mpi4py fails instead of skipping (.ci/run installs Open MPI and mpi4py).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import batchgrad as bg
+
+HERE = Path(__file__).parent
+sys.path.insert(0, str(HERE))
+import mpi_worker as W  # noqa: E402
+
+RTOL = 1e-6
+
+
+def _need_mpi() -> None:
+    missing = []
+    if shutil.which("mpirun") is None:
+        missing.append("mpirun (apt-get install openmpi-bin libopenmpi-dev)")
+    try:
+        import mpi4py  # noqa: F401
+    except ImportError:
+        missing.append("mpi4py (pip install 'batchgrad[mpi]')")
+    if missing:
+        if os.environ.get("CI") == "true":
+            pytest.fail("the MPI tests must run in CI; missing " + ", ".join(missing))
+        pytest.skip("needs " + ", ".join(missing))
+
+
+def mpirun(n: int, scenario: str, out: Path, timeout: float = 240, env: dict | None = None) -> subprocess.CompletedProcess:
+    _need_mpi()
+    e = dict(os.environ, BATCHGRAD_NUM_THREADS="1", OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
+             OMPI_MCA_rmaps_base_oversubscribe="1", PYTHONUNBUFFERED="1", **(env or {}))
+    cmd = ["mpirun", "-n", str(n), "--oversubscribe", sys.executable, str(HERE / "mpi_worker.py"), scenario, str(out)]
+    return subprocess.run(cmd, env=e, capture_output=True, text=True, timeout=timeout)
+
+
+def _union_batches(epochs: int, world: int, accumulate: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The one-process batches: for each optimizer step and micro-batch j, the concatenation of
+    every rank's micro-batch j (rank 0 first), from the same DistributedSampler partition."""
+    X, y, _, _ = W.data()
+    ds = bg.data.ArrayDataset(X, y)
+    out = []
+    for epoch in range(epochs):
+        per_rank = []
+        for r in range(world):
+            s = bg.distributed.DistributedSampler(ds, num_replicas=world, rank=r, shuffle=True, seed=3)
+            s.set_epoch(epoch)
+            idx = s.indices()
+            per_rank.append([idx[k: k + W.BATCH] for k in range(0, len(idx), W.BATCH)])
+        for k in range(len(per_rank[0])):
+            idx = np.concatenate([per_rank[r][k] for r in range(world)])
+            out.append((X[idx], y[idx]))
+    return out
+
+
+def _reference(opt_name: str, accumulate: int, world: int = 2) -> tuple[dict, bg.train.History]:
+    model, opt = W.make(opt_name, 0)
+    batches = _union_batches(2, world, accumulate)
+    h = bg.fit(model, bg.nn.CrossEntropyLoss(), opt, batches, epochs=1, accumulate=accumulate, progress=False)
+    return W.params(model), h
+
+
+def _assert_params_close(got: np.lib.npyio.NpzFile, ref: dict) -> None:
+    for k, v in ref.items():
+        g = got["param." + k]
+        scale = np.abs(v).max()
+        err = np.abs(g - v).max() / scale
+        assert err <= RTOL, f"{k}: max |distributed - one process| / max |p| = {err:.2e} > {RTOL}"
+        np.testing.assert_allclose(g, v, rtol=RTOL, atol=RTOL * scale)
+
+
+@pytest.mark.parametrize("opt_name", ["momentum", "adam"])
+@pytest.mark.parametrize("acc", [1, 2])
+def test_two_ranks_equal_one_process_with_twice_the_batch(tmp_path, opt_name, acc):
+    out = tmp_path / "r.npz"
+    res = mpirun(2, f"train-{opt_name}" + ("-acc2" if acc == 2 else ""), out)
+    assert res.returncode == 0, res.stdout + res.stderr
+    got = np.load(out)
+    assert int(got["size"]) == 2 and bool(got["same_on_all_ranks"])
+    ref, h = _reference(opt_name, acc)
+    _assert_params_close(got, ref)
+    # the history is of both ranks' examples: the same losses as the one process
+    assert int(got["steps"]) == h.steps
+    np.testing.assert_allclose(got["loss"], h.loss, rtol=1e-5)
+    # validation metrics reduced over the ranks' shards equal those of the whole set
+    _, _, Xv, yv = W.data()
+    model = bg.nn.MLP(W.SIZES, seed=0)
+    model.load_state_dict({k: got["param." + k] for k in ref})
+    vl, va = bg.evaluate(model, [(Xv, yv)], bg.nn.CrossEntropyLoss())
+    assert got["val_loss"][-1] == pytest.approx(vl, rel=1e-5)
+    assert got["val_acc"][-1] == pytest.approx(va)
+    # rank 0 wrote the checkpoint of the last epoch, atomically (no temporary file left)
+    ck = bg.load(tmp_path / "ckpt.safetensors")
+    assert ck["epoch"] == 2
+    for k in ref:
+        np.testing.assert_array_equal(ck["model"][k], got["param." + k])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.safetensors", "r.npz"]
+
+
+@pytest.mark.parametrize("opt_name", ["momentum", "adam"])
+def test_compiled_step_distributed_equals_one_process(tmp_path, opt_name):
+    out = tmp_path / "r.npz"
+    res = mpirun(2, f"train-{opt_name}-compiled", out)
+    assert res.returncode == 0, res.stdout + res.stderr
+    got = np.load(out)
+    assert bool(got["same_on_all_ranks"])
+    model, opt = W.make(opt_name, 0)
+    step = bg.compile_step(model, bg.nn.CrossEntropyLoss(), opt)
+    losses = [float(step(x, y)) for x, y in _union_batches(2, 2, 1)]
+    _assert_params_close(got, W.params(model))
+    np.testing.assert_allclose(got["loss"], losses, rtol=1e-5)
+
+
+def _wait_all(res: subprocess.CompletedProcess) -> str:
+    return res.stdout + res.stderr
+
+
+@pytest.mark.parametrize("kind", ["raise", "nan"])
+def test_an_exception_on_one_rank_is_raised_on_every_rank(tmp_path, kind):
+    out = tmp_path / "f"
+    t0 = time.perf_counter()
+    res = mpirun(2, f"fail-{kind}", out, timeout=120)
+    text = _wait_all(res)
+    assert res.returncode == 0, text
+    assert time.perf_counter() - t0 < 60
+    for r in (0, 1):
+        assert f"RANK {r} CAUGHT DistributedError" in text, text
+        msg = (tmp_path / f"f.rank{r}").read_text()
+        assert "1 of 2 ranks failed at optimizer step" in msg
+        assert "rank 1: " + ("ValueError: rank one's loss exploded on purpose" if kind == "raise"
+                             else "FloatingPointError: loss is nan") in msg
+    assert "FINISHED" not in text
+
+
+def test_a_killed_rank_stops_the_job(tmp_path):
+    t0 = time.perf_counter()
+    res = mpirun(2, "fail-kill", tmp_path / "f", timeout=120)
+    text = _wait_all(res)
+    assert res.returncode != 0
+    assert time.perf_counter() - t0 < 90, "the job should end when a rank dies, not hang"
+    assert "signal 9" in text or "Killed" in text or "killed" in text, text
+    assert "FINISHED" not in text
+
+
+def test_a_hung_rank_times_out_and_aborts_the_job(tmp_path):
+    t0 = time.perf_counter()
+    res = mpirun(2, "fail-hang", tmp_path / "f", timeout=120, env={"WORKER_TIMEOUT": "3"})
+    text = _wait_all(res)
+    assert res.returncode != 0
+    assert time.perf_counter() - t0 < 60, "the collective should time out after 3 s"
+    assert "rank 0/2:" in text and "did not complete within 3 s" in text, text
+    assert "FINISHED" not in text
+
+
+def test_an_exception_outside_a_step_aborts_the_job(tmp_path):
+    res = mpirun(2, "fail-val", tmp_path / "f", timeout=120)
+    text = _wait_all(res)
+    assert res.returncode != 0
+    assert "rank 1/2: fit raised OSError: rank one cannot read its validation shard; aborting the job" in text, text
+
+
+def test_cli_train_under_mpirun(tmp_path):
+    _need_mpi()
+    e = dict(os.environ, BATCHGRAD_NUM_THREADS="1", OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
+    ck = tmp_path / "m.safetensors"
+    res = subprocess.run(["mpirun", "-n", "2", "--oversubscribe", sys.executable, "-m", "batchgrad", "train",
+                          "--epochs", "4", "--no-progress", "--save", str(ck)],
+                         env=e, capture_output=True, text=True, timeout=240)
+    assert res.returncode == 0, res.stdout + res.stderr
+    # one report, from rank 0
+    assert res.stdout.count("test accuracy:") == 1, res.stdout
+    assert "2 ranks" in res.stdout
+    acc = float(res.stdout.split("test accuracy:")[1].split("%")[0])
+    assert acc > 80
+    assert ck.exists()
+
+
+# ---- the 1-process world (no mpirun) -------------------------------------------------------
+
+
+def test_one_process_world_without_mpirun():
+    code = ("import os, sys; [os.environ.pop(k, None) for k in list(os.environ) if k.startswith(('OMPI_', 'PMI'))]\n"
+            "import batchgrad as bg; w = bg.distributed.init(); print(w.rank, w.size, w.comm is None)\n"
+            "print('mpi4py' in sys.modules)")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert res.stdout.split() == ["0", "1", "True", "False"], res.stdout + res.stderr
+
+
+def test_launched_without_mpi4py_says_how_to_fix():
+    code = ("import os, sys; os.environ['OMPI_COMM_WORLD_SIZE'] = '2'; sys.modules['mpi4py'] = None\n"
+            "import batchgrad as bg\n"
+            "try:\n    bg.distributed.init()\nexcept bg.distributed.DistributedError as e:\n    print('ERR', e)")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert "ERR" in res.stdout and "pip install 'batchgrad[mpi]'" in res.stdout, res.stdout + res.stderr
+
+
+def test_fit_distributed_in_a_one_process_world_is_plain_fit():
+    X, y, _, _ = W.data()
+    runs = []
+    for distributed in (False, True):
+        model, opt = W.make("adam", 0)
+        loader = bg.data.DataLoader(bg.data.ArrayDataset(X, y), batch_size=8, shuffle=True, seed=1)
+        h = bg.fit(model, bg.nn.CrossEntropyLoss(), opt, loader, epochs=2, progress=False, distributed=distributed)
+        runs.append((W.params(model), h.loss))
+    for k in runs[0][0]:
+        np.testing.assert_array_equal(runs[0][0][k], runs[1][0][k])
+    assert runs[0][1] == runs[1][1]
+
+
+def test_init_and_fit_argument_errors():
+    with pytest.raises(ValueError, match="timeout"):
+        bg.distributed.init(timeout=0)
+    with pytest.raises(ValueError, match="timeout"):
+        bg.distributed.init(timeout=float("nan"))
+    model, opt = W.make("adam", 0)
+    with pytest.raises(ValueError, match="distributed=True runs on the CPU"):
+        bg.fit(model, bg.nn.CrossEntropyLoss(), opt, [], distributed=True, device="gpu")
+    with pytest.raises(ValueError, match="op must be"):
+        bg.distributed.allreduce_(np.zeros(3, np.float32), op="prod")
+    with pytest.raises(TypeError, match="C-contiguous"):
+        bg.distributed.allreduce_(np.zeros((3, 4), np.float32)[:, 1])
+
+
+def test_reducer_weights_by_examples_in_one_process():
+    """The reducer's arithmetic without MPI: scale n / N applies only with other ranks; here N = n."""
+    red = bg.distributed.GradientReducer([(2, 3), (3,)], n_stats=2)
+    g = [np.arange(6, dtype=np.float32).reshape(2, 3), np.ones(3, np.float32)]
+    red.begin(5)
+    st = red.reduce(g, 5, True, [1.5, 2.0])
+    np.testing.assert_array_equal(red.grads[0], g[0])
+    np.testing.assert_array_equal(red.grads[1], g[1])
+    assert list(st) == [1.5, 2.0]
+    red.begin(5)
+    with pytest.raises(bg.distributed.DistributedError, match="rank 0: KeyError") as ei:
+        red.reduce(None, 5, True, [0, 0], KeyError("x"))
+    assert isinstance(ei.value.__cause__, KeyError)
