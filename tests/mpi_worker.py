@@ -49,7 +49,16 @@ def train(scenario: str, out: str) -> None:
     val = bg.data.DataLoader(bg.data.ArrayDataset(Xv, yv), batch_size=16,
                              sampler=bg.distributed.DistributedSampler(Xv, shuffle=False))
     extra: dict[str, np.ndarray] = {}
-    if "compiled" in rest:
+    if "uneven" in rest:  # rank 0 takes 8 examples per step, rank 1 takes 4 (no sampler)
+        lo, hi = (0, 8) if world.rank == 0 else (8, 12)
+        loader = [(X[k + lo: k + hi], y[k + lo: k + hi]) for k in range(0, N_TRAIN, 12)]
+        if "compiled" in rest:
+            step = bg.compile_step(model, loss_fn, opt, distributed=True)
+            extra["loss"] = np.array([float(step(xb, yb)) for xb, yb in loader])
+        else:
+            h = bg.fit(model, loss_fn, opt, loader, epochs=1, distributed=True, progress=False)
+            extra["loss"] = np.array(h.loss)
+    elif "compiled" in rest:
         step = bg.compile_step(model, loss_fn, opt, distributed=True)
         losses = []
         for epoch in range(2):

@@ -209,6 +209,10 @@ def test_grads_into_writes_the_programs_gradients_bitwise():
     before = [p.numpy().copy() for p in m.parameters()]
     ts.grads_into([X._v, y._v], flat)
     assert all(np.array_equal(a, p.numpy()) for a, p in zip(before, m.parameters()))
+    # scale multiplies as it copies: float32 products, as numpy makes them
+    for scale in (0.5, 1 / 3):
+        ts.grads_into([X._v, y._v], flat, scale)
+        assert np.array_equal(flat, want * np.float32(scale))
 
 
 @pytest.mark.parametrize("opt_cls,kw", [(optim.SGD, {"lr": 0.1, "momentum": 0.9}), (optim.Adam, {"lr": 1e-2})],

@@ -125,6 +125,23 @@ def test_compiled_step_distributed_equals_one_process(tmp_path, opt_name):
     np.testing.assert_allclose(got["loss"], losses, rtol=1e-5)
 
 
+@pytest.mark.parametrize("compiled", [False, True])
+def test_unequal_batches_are_weighted_by_their_examples(tmp_path, compiled):
+    """Rank 0 has 8 examples per step, rank 1 has 4: the step is still that of all 12 (each
+    rank's mean gradient weighted 8/12 and 4/12, in a second all-reduce)."""
+    out = tmp_path / "r.npz"
+    res = mpirun(2, "train-adam-uneven" + ("-compiled" if compiled else ""), out)
+    assert res.returncode == 0, res.stdout + res.stderr
+    got = np.load(out)
+    assert bool(got["same_on_all_ranks"])
+    X, y, _, _ = W.data()
+    model, opt = W.make("adam", 0)
+    batches = [(X[k: k + 12], y[k: k + 12]) for k in range(0, W.N_TRAIN, 12)]
+    h = bg.fit(model, bg.nn.CrossEntropyLoss(), opt, batches, epochs=1, progress=False)
+    _assert_params_close(got, W.params(model))
+    np.testing.assert_allclose(got["loss"], h.loss, rtol=1e-5)
+
+
 def _wait_all(res: subprocess.CompletedProcess) -> str:
     return res.stdout + res.stderr
 
@@ -235,16 +252,18 @@ def test_init_and_fit_argument_errors():
         bg.distributed.allreduce_(np.zeros((3, 4), np.float32)[:, 1])
 
 
-def test_reducer_weights_by_examples_in_one_process():
-    """The reducer's arithmetic without MPI: scale n / N applies only with other ranks; here N = n."""
+def test_reducer_in_one_process():
+    """The reducer's bookkeeping without MPI: a mean loss's scale is 1 / W = 1, stats pass through,
+    an error is raised as a DistributedError chained to it, no batch anywhere ends the epoch."""
     red = bg.distributed.GradientReducer([(2, 3), (3,)], n_stats=2)
-    g = [np.arange(6, dtype=np.float32).reshape(2, 3), np.ones(3, np.float32)]
-    red.begin(5)
-    st = red.reduce(g, 5, True, [1.5, 2.0])
+    g = [np.arange(6, dtype=np.float32).reshape(2, 3), None]
+    st, total = red.reduce(lambda s, again: red.pack(g, s), 5, True, [1.5, 2.0])
+    assert total == 5 and list(st) == [1.5, 2.0]
     np.testing.assert_array_equal(red.grads[0], g[0])
-    np.testing.assert_array_equal(red.grads[1], g[1])
-    assert list(st) == [1.5, 2.0]
-    red.begin(5)
+    np.testing.assert_array_equal(red.grads[1], np.zeros(3))
+    red.pack([g[0], np.ones(3)], 0.5)
+    np.testing.assert_array_equal(red.grads[1], np.full(3, 0.5))
+    assert red.reduce(lambda s, again: None, 0, True, has_batch=False) is None
     with pytest.raises(bg.distributed.DistributedError, match="rank 0: KeyError") as ei:
-        red.reduce(None, 5, True, [0, 0], KeyError("x"))
+        red.reduce(lambda s, again: None, 5, True, [0, 0], KeyError("x"))
     assert isinstance(ei.value.__cause__, KeyError)

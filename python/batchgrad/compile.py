@@ -128,17 +128,24 @@ class CompiledStep:
     def _distributed(self, X: Tensor, y: Tensor) -> float:
         """Forward + backward into the reducer's flat buffer (one Rust call), one all-reduce of
         it, then the update from it (one Rust call); returns the loss of all ranks' examples."""
-        red = self.reducer
+        red, ts = self.reducer, self.step_for(X, y)
         n = int(X.shape[0]) if X.ndim else 1
-        red.begin(n)
         err, loss = None, 0.0
+        # the scale of the usual case, equal batches on every rank (a mean loss: 1 / W), applied
+        # as the gradients are copied; reduce() asks for another when the batches differ
+        first = 1.0 / red.world.size if self._mean else 1.0
         try:
-            loss = self.step_for(X, y).grads_into([X._v, y._v], red.flat)
+            loss = ts.grads_into([X._v, y._v], red.flat, first)
         except Exception as e:  # noqa: BLE001 - raised on every rank by reduce()
             err = e
-        total, _ = red.counts()
-        st = red.reduce(None, n, self._mean, [loss * n if self._mean else loss], err)
-        self.step_for(X, y).update_from(red.flat, self._calls())
+
+        def fill(scale: float, again: bool) -> None:
+            if again or scale != first:  # the buffer holds the sum now: replay for this rank's gradient
+                ts.grads_into([X._v, y._v], red.flat, scale)
+
+        out = red.reduce(fill, n, self._mean, [loss * n if self._mean else loss], err)
+        st, total = out  # every rank passes a batch, so never None
+        ts.update_from(red.flat, self._calls())
         return float(st[0] / total) if self._mean else float(st[0])
 
     def to_model(self) -> Any:

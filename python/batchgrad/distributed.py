@@ -17,10 +17,10 @@ and in the script::
     bg.fit(model, loss_fn, opt, loader, epochs=10, distributed=True)
 
 Everything here works as a 1-process world without ``mpirun`` and without mpi4py installed.
-Collectives never wait forever: each polls its request against a time-out
-(``init(timeout=...)``, ``BATCHGRAD_MPI_TIMEOUT``, default 300 s) and, when it expires, prints
-which collective and rank gave up and aborts the whole job (``MPI.COMM_WORLD.Abort``), since a
-pending MPI collective cannot be cancelled. An exception on one rank inside :func:`batchgrad.fit`
+Collectives never wait forever: a watchdog thread holds each to a time-out (``init(timeout=...)``,
+``BATCHGRAD_MPI_TIMEOUT``, default 300 s) and, when it expires, prints which collective and rank
+gave up and aborts the whole job (``MPI.COMM_WORLD.Abort``), since a pending MPI collective cannot
+be cancelled. An exception on one rank inside :func:`batchgrad.fit`
 is shared with every rank at the next gradient all-reduce and raised on all of them as a
 :class:`DistributedError` naming the rank and its error; a rank that dies is reported by
 ``mpirun``, which then stops the others.
@@ -162,30 +162,51 @@ def _mpi() -> Any:
     return MPI
 
 
-def abort(message: str, code: int = 1) -> None:
+def abort(message: str, code: int = 1, world: World | None = None) -> None:
     """Print ``message`` (prefixed with the rank) to stderr and stop every rank of the job."""
-    w = get_world()
+    w = world or get_world()
     print(f"batchgrad.distributed: rank {w.rank}/{w.size}: {message}; aborting the job", file=sys.stderr, flush=True)
     if w.comm is not None:
         w.comm.Abort(code)
     raise SystemExit(code)
 
 
-def _wait(req: Any, what: str, world: World) -> None:
-    """Complete a non-blocking MPI request, polling it, or abort the job after the time-out."""
-    if req.Test():
-        return
-    start = time.perf_counter()
-    deadline = start + world.timeout
-    spins = 0
-    while not req.Test():
-        spins += 1
-        if spins > 2000:  # past the first ~ms, let the other ranks' processes have the cores
-            now = time.perf_counter()
-            if now > deadline:
-                abort(f"{what} did not complete within {world.timeout:g} s (another rank is hung, dead or "
-                      "out of step; set the limit with bg.distributed.init(timeout=...) or BATCHGRAD_MPI_TIMEOUT)")
-            time.sleep(min(1e-3, 1e-5 * (spins - 2000)))
+class _Watchdog:
+    """Bounds every collective by the world's time-out. The collectives themselves are MPI's
+    blocking ones (mpi4py releases the GIL in them; Open MPI's blocking all-reduce of 1 MB takes
+    half the time of its non-blocking one here); a daemon thread, started at the first collective
+    of a multi-rank world, checks the one in progress a few times a second and, past its
+    deadline, aborts the job with a message naming it (MPI is initialised with
+    MPI_THREAD_MULTIPLE, so the thread may call MPI_Abort while the main thread is inside MPI)."""
+
+    def __init__(self) -> None:
+        self.current: tuple[str, float, World] | None = None
+        self.thread: Any = None
+
+    def _loop(self) -> None:
+        while True:
+            cur = self.current
+            if cur is not None and time.monotonic() > cur[1]:
+                what, _, w = cur
+                abort(f"{what} did not complete within {w.timeout:g} s (another rank is hung, dead or out of step; "
+                      "set the limit with bg.distributed.init(timeout=...) or BATCHGRAD_MPI_TIMEOUT)", world=w)
+                return
+            time.sleep(0.05 if cur is None else min(0.2, max(0.01, cur[2].timeout / 20)))
+
+    def run(self, what: str, world: World, fn: Any) -> None:
+        if self.thread is None:
+            import threading
+
+            self.thread = threading.Thread(target=self._loop, name="batchgrad-mpi-watchdog", daemon=True)
+            self.thread.start()
+        self.current = (what, time.monotonic() + world.timeout, world)
+        try:
+            fn()
+        finally:
+            self.current = None
+
+
+_watchdog = _Watchdog()
 
 
 def allreduce_(array: np.ndarray, op: str = "sum", world: World | None = None, what: str = "all-reduce") -> np.ndarray:
@@ -199,8 +220,8 @@ def allreduce_(array: np.ndarray, op: str = "sum", world: World | None = None, w
     if w.comm is None or w.size == 1:
         return array
     MPI = _mpi()
-    req = w.comm.Iallreduce(MPI.IN_PLACE, array, op={"sum": MPI.SUM, "max": MPI.MAX, "min": MPI.MIN}[op])
-    _wait(req, f"{what} of {array.size} {array.dtype} values", w)
+    mop = {"sum": MPI.SUM, "max": MPI.MAX, "min": MPI.MIN}[op]
+    _watchdog.run(f"{what} of {array.size} {array.dtype} values", w, lambda: w.comm.Allreduce(MPI.IN_PLACE, array, op=mop))
     return array
 
 
@@ -211,7 +232,7 @@ def broadcast_(array: np.ndarray, root: int = 0, world: World | None = None, wha
         raise TypeError("broadcast_: expected a writeable C-contiguous numpy array")
     if w.comm is None or w.size == 1:
         return array
-    _wait(w.comm.Ibcast(array, root=root), f"{what} of {array.size} {array.dtype} values from rank {root}", w)
+    _watchdog.run(f"{what} of {array.size} {array.dtype} values from rank {root}", w, lambda: w.comm.Bcast(array, root=root))
     return array
 
 
@@ -238,7 +259,7 @@ def barrier(world: World | None = None) -> None:
     """Wait until every rank gets here (under the time-out)."""
     w = world or get_world()
     if w.comm is not None and w.size > 1:
-        _wait(w.comm.Ibarrier(), "barrier", w)
+        _watchdog.run("barrier", w, w.comm.Barrier)
 
 
 def _flat_params(tensors: list[Any]) -> np.ndarray:
@@ -273,23 +294,22 @@ class GradientReducer:
     """Sums the gradients of all ranks in ONE all-reduce of one flat float32 buffer per optimizer
     step, weighted by each rank's examples, and shares failures.
 
-    Per step, on every rank and in this order:
+    Each step every rank calls :meth:`reduce` once. The buffer holds the rank's gradient scaled
+    by ``1 / W`` (a ``"mean"`` loss: each rank's gradient is the mean over its examples, the
+    step's is the mean over all of them) or 1 (``"sum"``), then ``stats`` (sums such as the loss
+    and correct predictions), one slot per rank holding its example count + 1 (0: its loader is
+    exhausted) and a failure flag. After the all-reduce every rank knows every count, so:
 
-    1. ``begin(n)`` starts a non-blocking all-reduce of the rank's example count (and whether it
-       still had a batch); it completes while the forward and backward passes run.
-    2. ``reduce(grads, stats, error)`` waits for the counts, packs each gradient scaled by
-       ``n / N`` (a ``"mean"`` loss: the rank's gradient is the mean over its ``n`` examples, the
-       step's must be the mean over all ``N``) or 1 (``"sum"``) into the flat buffer, followed by
-       ``stats`` (sums such as the loss and correct predictions) and a failure flag, and
-       all-reduces it. With equal per-rank batches on a power-of-two number of ranks the scale is
-       a power of two, so the result is exact up to the order of one sum.
-    3. If any rank passed an ``error``, every rank gathers all errors and raises the same
-       :class:`DistributedError` (the failing rank's chained to its own exception), before any
-       parameter is updated.
+    * all ranks exhausted: the epoch is over (``reduce`` returns None);
+    * some exhausted: every rank raises the same :class:`DistributedError` naming them;
+    * a rank passed an ``error``: every rank gathers all errors and raises the same
+      :class:`DistributedError` (the failing rank's chained to its own exception);
+    * unequal counts (e.g. a custom loader's short last batch): the gradients are reduced once
+      more, each scaled by ``n / N`` (``fill`` is asked again); equal counts, the usual case with
+      :class:`DistributedSampler`, need no second pass.
 
-    ``grads`` are numpy arrays (an entry None: a parameter without gradient), or None when they
-    were written into :attr:`flat` already; the reduced gradients are :attr:`grads` (views into
-    the buffer, in parameter order).
+    All before any parameter changes. With equal counts on a power-of-two number of ranks the
+    scale is a power of two, so the sum equals one process's up to the order of one addition.
     """
 
     def __init__(self, shapes: list[tuple[int, ...]], n_stats: int = 0, world: World | None = None) -> None:
@@ -299,9 +319,7 @@ class GradientReducer:
         self.offsets = np.concatenate([[0], np.cumsum(self.numels, dtype=np.int64)]).astype(np.int64)
         self.size = int(self.offsets[-1])
         self.n_stats = int(n_stats)
-        self.buf = np.zeros(self.size + self.n_stats + 1, np.float32)
-        self._count = np.zeros(2, np.float64)
-        self._req: Any = None
+        self.buf = np.zeros(self.size + self.n_stats + self.world.size + 1, np.float32)
         self.step = 0
 
     @property
@@ -311,52 +329,60 @@ class GradientReducer:
 
     @property
     def grads(self) -> list[np.ndarray]:
+        """The reduced gradients, views into the buffer, in parameter order."""
         return [self.buf[a:b].reshape(s) for a, b, s in zip(self.offsets[:-1], self.offsets[1:], self.shapes)]
 
-    def begin(self, n: int, has_batch: bool = True) -> None:
-        """Start exchanging this step's example count (``has_batch=False``: this rank's loader is
-        exhausted)."""
-        self._count[0], self._count[1] = float(n), 1.0 if has_batch else 0.0
-        w = self.world
-        if w.comm is not None and w.size > 1:
-            MPI = _mpi()
-            self._req = w.comm.Iallreduce(MPI.IN_PLACE, self._count, op=MPI.SUM)
-
-    def counts(self) -> tuple[int, int]:
-        """(examples over all ranks, ranks that had a batch) of the step begun last."""
-        if self._req is not None:
-            req, self._req = self._req, None
-            _wait(req, f"example count exchange (step {self.step + 1})", self.world)
-        return int(self._count[0]), int(round(self._count[1]))
-
-    def reduce(self, grads: list[np.ndarray] | None, n: int, mean: bool, stats: list[float] | None = None,
-               error: BaseException | None = None) -> np.ndarray:
-        """All-reduce this step's gradients and ``stats``; returns the summed stats. Raises
-        :class:`DistributedError` on every rank when a rank passed an ``error``."""
-        total, _ = self.counts()
-        self.step += 1
+    def pack(self, grads: list[np.ndarray | None], scale: float) -> None:
+        """Write ``grads`` (None: a parameter without gradient, zeros) times ``scale`` into :attr:`flat`."""
         buf = self.buf
-        scale = (n / total) if (mean and total > 0) else 1.0
-        if error is not None:
-            buf[: self.size] = 0.0
-        elif grads is None:  # already in `flat` (a compiled step's grads_into)
-            if scale != 1.0:
-                np.multiply(buf[: self.size], np.float32(scale), out=buf[: self.size])
+        for g, a, b in zip(grads, self.offsets[:-1], self.offsets[1:]):
+            if g is None:
+                buf[a:b] = 0.0
+            elif scale == 1.0:
+                buf[a:b] = np.asarray(g, np.float32).reshape(-1)
+            else:
+                np.multiply(np.asarray(g, np.float32).reshape(-1), np.float32(scale), out=buf[a:b])
+
+    def reduce(self, fill: Any, n: int, mean: bool, stats: list[float] | None = None,
+               error: BaseException | None = None, has_batch: bool = True) -> tuple[np.ndarray, int] | None:
+        """All-reduce this step; returns (summed stats, examples over all ranks), or None when
+        every rank's loader is exhausted. ``fill(scale, again)`` writes this rank's gradient times
+        ``scale`` into :attr:`flat` (``again=True``: a second time, after the buffer was summed).
+        Raises :class:`DistributedError` on every rank when a rank failed or ran out of batches."""
+        w, buf = self.world, self.buf
+        W, self.step = w.size, self.step + 1
+        ok = error is None and has_batch
+        if ok:
+            fill(1.0 / W if mean else 1.0, False)
         else:
-            for g, a, b in zip(grads, self.offsets[:-1], self.offsets[1:]):
-                if g is None:
-                    buf[a:b] = 0.0
-                elif scale == 1.0:
-                    buf[a:b] = np.asarray(g, np.float32).reshape(-1)
-                else:
-                    np.multiply(np.asarray(g, np.float32).reshape(-1), np.float32(scale), out=buf[a:b])
-        st = buf[self.size: self.size + self.n_stats]
-        st[:] = 0.0 if stats is None else np.asarray(stats, np.float32)
-        buf[-1] = 1.0 if error is not None else 0.0
-        allreduce_(buf, "sum", self.world, f"gradient all-reduce (step {self.step})")
-        if buf[-1] > 0:
+            buf[: self.size] = 0.0
+        meta = buf[self.size:]
+        meta[:] = 0.0
+        if stats is not None:
+            meta[: self.n_stats] = np.asarray(stats, np.float32)
+        counts = meta[self.n_stats: self.n_stats + W]
+        counts[w.rank] = n + 1 if (has_batch or error is not None) else 0
+        meta[-1] = 1.0 if error is not None else 0.0
+        allreduce_(buf, "sum", w, f"gradient all-reduce (step {self.step})")
+        if meta[-1] > 0:
             self._raise(error)
-        return st.astype(np.float64)
+        st = meta[: self.n_stats].astype(np.float64)
+        c = counts.astype(np.int64)
+        if not c.any():
+            return None
+        if not c.all():
+            out = [r for r in range(W) if c[r] == 0]
+            raise DistributedError(
+                f"ranks {out} of {W} ran out of batches at optimizer step {self.step} while the others had more: "
+                "give every rank the same number of batches (bg.distributed.DistributedSampler does)")
+        c -= 1
+        total = int(c.sum())
+        if mean and total > 0 and (c != c[0]).any():  # unequal batches: weight each rank by n / N
+            if ok:
+                fill(n / total, True)
+            meta[:] = 0.0
+            allreduce_(buf, "sum", w, f"gradient all-reduce (step {self.step}, unequal batches {c.tolist()})")
+        return st, total
 
     def _raise(self, error: BaseException | None) -> None:
         w = self.world

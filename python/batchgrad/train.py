@@ -361,41 +361,29 @@ def _distributed_group(model: Any, loss_fn: Any, optimizer: Any, it: Any, accumu
     all-reduce); None when every rank's loader is exhausted. An exception on any rank (also a
     non-finite loss, or a loader with fewer batches than the others') is raised on every rank as a
     DistributedError before any parameter changes."""
-    from .distributed import DistributedError
-
     params = [p for g in optimizer.param_groups for p in g["params"]]
     err: BaseException | None = None
     group: list = []
+    n = 0
+    stats = [0.0, 0.0, 0.0, 0.0]  # loss sum, correct, counted, ranks without accuracy
     try:
         group = [_unpack(b) for b in itertools.islice(it, accumulate)]
-        n = sum(_batch_len(x, y) for x, y in group)
-    except Exception as e:  # noqa: BLE001 - shared with the other ranks below
-        err, n = e, 0
-    reducer.begin(n, has_batch=bool(group) or err is not None)
-    stats = [0.0, 0.0, 0.0, 0.0]  # loss sum, correct, counted, ranks without accuracy
-    if err is None and group:
-        optimizer.zero_grad()
-        try:
-            gl, _, c, cnt, acc_ok = _group_grads(model, loss_fn, optimizer, group, reduction, epoch, step, history, True)
+        if group:
+            optimizer.zero_grad()
+            gl, n, c, cnt, acc_ok = _group_grads(model, loss_fn, optimizer, group, reduction, epoch, step, history, True)
             stats = [gl, c, cnt, 0.0 if acc_ok else 1.0]
-        except Exception as e:  # noqa: BLE001
-            err = e
-    total, with_batch = reducer.counts()
-    if with_batch == 0:
-        return None
-    if err is None and not group:
-        err = DistributedError(
-            f"the train loader of this rank ran out of batches at epoch {epoch + 1}, step {step}, while "
-            f"{with_batch} of {reducer.world.size} ranks had more: give every rank the same number of batches "
-            "(bg.distributed.DistributedSampler does)")
+    except Exception as e:  # noqa: BLE001 - raised on every rank by reduce()
+        err = e
     grads = [None if p.grad is None else p.grad.numpy() for p in params]
-    had = [g is not None for g in grads]
-    st = reducer.reduce(grads, n, reduction == "mean", stats, err)
-    for p, g, h in zip(params, reducer.grads, had):
-        if h:
+    out = reducer.reduce(lambda scale, again: reducer.pack(grads, scale), n, reduction == "mean", stats, err,
+                         has_batch=bool(group))
+    if out is None:
+        return None
+    st, total = out
+    for p, g, had in zip(params, reducer.grads, grads):
+        if had is not None:
             p.grad = Tensor(_core.from_numpy(g, False))
     return float(st[0]), total, int(st[1]), int(st[2]), st[3] == 0
-
 
 def _gpu_epoch(gstep: Any, loader: Any, reduction: str, history: History, bar: Any, epoch: int, log_every: int,
                step_scheduler: Any) -> tuple[float, int]:

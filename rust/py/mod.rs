@@ -383,12 +383,14 @@ impl PyTrainStep {
     /// Forward and backward only: every parameter's gradient, in parameter order, copied into
     /// `flat` (a writeable C-contiguous float32 1-D array with as many elements as the
     /// parameters in all); returns the loss. `update_from` then applies the update: the two
-    /// halves of `run`, for an all-reduce of `flat` in between (data-parallel training).
-    fn grads_into(&self, py: Python<'_>, inputs: Vec<PyRef<PyVar>>, mut flat: PyReadwriteArray1<'_, f32>) -> PyResult<f32> {
+    /// halves of `run`, for an all-reduce of `flat` in between (data-parallel training). The
+    /// gradients are multiplied by `scale` as they are copied.
+    #[pyo3(signature = (inputs, flat, scale = 1.0))]
+    fn grads_into(&self, py: Python<'_>, inputs: Vec<PyRef<PyVar>>, mut flat: PyReadwriteArray1<'_, f32>, scale: f32) -> PyResult<f32> {
         let ins: Vec<Tensor> = inputs.iter().map(|v| v.0.value()).collect();
         let strides = flat.strides().to_vec();
         let flat = flat.as_slice_mut().map_err(|_| PyValueError::new_err(format!("TrainStep.grads_into: flat must be a C-contiguous float32 array, got strides {strides:?}")))?;
-        Ok(py.detach(|| self.0.grads_into(&ins, flat))?)
+        Ok(py.detach(|| self.0.grads_into(&ins, flat, scale))?)
     }
     /// Apply every optimizer call (as `run` does, never fused) with the gradients read from
     /// `flat` (float32, contiguous, the layout `grads_into` writes).

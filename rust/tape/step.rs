@@ -197,8 +197,9 @@ impl TrainStep {
     /// Forward and backward only (no fused updates): every parameter's gradient is copied, in
     /// parameter order, contiguously into `flat` (its length: the parameters' elements in all);
     /// returns the loss. With `update_from`, the two halves of `run` for data-parallel training
-    /// (the gradients are all-reduced in between).
-    pub fn grads_into(&self, inputs: &[Tensor], flat: &mut [f32]) -> Result<f32> {
+    /// (the gradients are all-reduced in between). Each gradient is multiplied by `scale` while
+    /// it is copied (a rank's weight in the all-reduced sum; 1 copies it unchanged).
+    pub fn grads_into(&self, inputs: &[Tensor], flat: &mut [f32], scale: f32) -> Result<f32> {
         let offsets = self.flat_offsets("grads_into", flat.len())?;
         self.on_pool(|| {
             let no = vec![false; self.prog.slots.len()];
@@ -208,7 +209,12 @@ impl TrainStep {
                     if g.shape != p.shape() {
                         bail!(Shape, "compiled step: gradient {i} has shape {:?}, its parameter {:?}", g.shape, p.shape());
                     }
-                    flat[offsets[i]..offsets[i + 1]].copy_from_slice(g.data());
+                    let dst = &mut flat[offsets[i]..offsets[i + 1]];
+                    if scale == 1.0 {
+                        dst.copy_from_slice(g.data());
+                    } else {
+                        dst.iter_mut().zip(g.data()).for_each(|(d, &v)| *d = v * scale);
+                    }
                 }
                 Ok(loss)
             })
