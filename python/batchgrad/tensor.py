@@ -12,7 +12,7 @@ import functools
 import numbers
 import operator
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -40,8 +40,16 @@ def _check_concrete(x: "Tensor", what: str) -> None:
             "because its Python control flow or values depend on tensor data; use bg.where / bg.maximum instead")
 
 
+_CODES: dict[str, Any] = {}  # op name -> _core.OpCode, for ops called without attributes
+
+
 def _op(name: str, *xs: "Tensor", **attrs: Any) -> "Tensor":
-    return Tensor(_core.apply(name, [x._v for x in xs], attrs or None))
+    if attrs or len(xs) > 2:
+        return Tensor(_core.apply(name, [x._v for x in xs], attrs or None))
+    code = _CODES.get(name)
+    if code is None:
+        code = _CODES[name] = _core.op_code(name)
+    return _wrap(_call1(code, xs[0]._v) if len(xs) == 1 else _call2(code, xs[0]._v, xs[1]._v))
 
 
 def _var(x: Any) -> Any:
@@ -55,6 +63,50 @@ def _var(x: Any) -> Any:
 
 def _t(x: Any) -> "Tensor":
     return x if isinstance(x, Tensor) else Tensor(_var(x))
+
+
+# The hot path of small graphs (a 0-d op costs about a microsecond in all, so every step
+# counts): ops parsed once (`_core.OpCode`), applied by `call1` / `call2` / `call_scalar` (no op
+# name to parse, no 0-d Var made in Python for a number operand, the GIL kept for tiny inputs),
+# and results wrapped without running `Tensor.__init__`'s check.
+_call1, _call2, _call_scalar = _core.call1, _core.call2, _core.call_scalar
+_NEG = _core.op_code("neg")
+_new_tensor = object.__new__
+
+
+def _wrap(v: Any) -> "Tensor":
+    t = _new_tensor(Tensor)
+    t._v = v
+    t._bool = False
+    return t
+
+
+def _binary_operator(name: str, reflected: bool) -> Any:
+    """`Tensor.__add__` and friends: tensor (or subclass) and Python float/int operands take the
+    fast path; anything else (numpy scalars and arrays, lists, bools) goes through `_t` as
+    before."""
+    code = _core.op_code(name)
+
+    # (the wrapping is written out, not a call to _wrap: a Python call is ~5% of such an op)
+    if reflected:
+        def op(self: "Tensor", o: Any) -> "Tensor":
+            t = type(o)
+            r = _new_tensor(Tensor)
+            r._v = _call_scalar(code, self._v, o, True) if t is float or t is int else _call2(code, _t(o)._v, self._v)
+            r._bool = False
+            return r
+    else:
+        def op(self: "Tensor", o: Any) -> "Tensor":
+            t = type(o)
+            r = _new_tensor(Tensor)
+            if t is float or t is int:
+                r._v = _call_scalar(code, self._v, o, False)
+            else:
+                r._v = _call2(code, self._v, o._v if isinstance(o, Tensor) else _t(o)._v)
+            r._bool = False
+            return r
+    op.__name__ = op.__qualname__ = f"__{'r' if reflected else ''}{'truediv' if name == 'div' else name}__"
+    return op
 
 
 class Tensor:
@@ -216,15 +268,18 @@ class Tensor:
         return f"tensor({body}{extra})"
 
     # ---- arithmetic -------------------------------------------------------------------------
-    def __add__(self, o: Any) -> "Tensor": return _op("add", self, _t(o))
-    def __radd__(self, o: Any) -> "Tensor": return _op("add", _t(o), self)
-    def __sub__(self, o: Any) -> "Tensor": return _op("sub", self, _t(o))
-    def __rsub__(self, o: Any) -> "Tensor": return _op("sub", _t(o), self)
-    def __mul__(self, o: Any) -> "Tensor": return _op("mul", self, _t(o))
-    def __rmul__(self, o: Any) -> "Tensor": return _op("mul", _t(o), self)
-    def __truediv__(self, o: Any) -> "Tensor": return _op("div", self, _t(o))
-    def __rtruediv__(self, o: Any) -> "Tensor": return _op("div", _t(o), self)
-    def __neg__(self) -> "Tensor": return _op("neg", self)
+    # (the binary operators are made by _binary_operator below: the hot path of small graphs)
+    if TYPE_CHECKING:
+        def __add__(self, o: Any) -> "Tensor": ...
+        def __radd__(self, o: Any) -> "Tensor": ...
+        def __sub__(self, o: Any) -> "Tensor": ...
+        def __rsub__(self, o: Any) -> "Tensor": ...
+        def __mul__(self, o: Any) -> "Tensor": ...
+        def __rmul__(self, o: Any) -> "Tensor": ...
+        def __truediv__(self, o: Any) -> "Tensor": ...
+        def __rtruediv__(self, o: Any) -> "Tensor": ...
+
+    def __neg__(self) -> "Tensor": return _wrap(_call1(_NEG, self._v))
     def __pos__(self) -> "Tensor": return self
     def __abs__(self) -> "Tensor": return _op("abs", self)
     def __matmul__(self, o: Any) -> "Tensor": return matmul(self, o)
@@ -298,6 +353,12 @@ class Tensor:
 
 
 # ---- construction -------------------------------------------------------------------------------
+for _name, _dunder in (("add", "add"), ("sub", "sub"), ("mul", "mul"), ("div", "truediv")):
+    setattr(Tensor, f"__{_dunder}__", _binary_operator(_name, False))
+    setattr(Tensor, f"__r{_dunder}__", _binary_operator(_name, True))
+del _name, _dunder
+
+
 def _rebuild(values: np.ndarray, requires_grad: bool, is_bool: bool, grad: np.ndarray | None) -> Tensor:
     t = Tensor(_core.from_numpy(np.ascontiguousarray(values, np.float32), bool(requires_grad)), is_bool)
     if grad is not None:

@@ -149,24 +149,32 @@ pub fn strided_copy(out_shape: &[usize], v: View) -> Result<Vec<f32>> {
 }
 
 /// Broadcasting binary map: out = f(a, b) over `out_shape`.
+/// `f` over two contiguous buffers of the same length (no broadcasting): the elementwise
+/// kernel proper, also the fast path of same-shape binary ops (no views or strides built).
+pub fn zip(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32 + Sync + Send) -> Result<Vec<f32>> {
+    let n = a.len();
+    debug_assert_eq!(n, b.len());
+    let mut out = alloc_for_overwrite(n)?;
+    maybe_par(n, |par| {
+        if par {
+            out.par_chunks_mut(CHUNK).enumerate().for_each(|(c, o)| {
+                let (s, len) = (c * CHUNK, o.len());
+                simd::dispatch(#[inline(always)] || o.iter_mut().zip(&a[s..s + len]).zip(&b[s..s + len]).for_each(|((o, &x), &y)| *o = f(x, y)));
+            });
+        } else {
+            simd::dispatch(#[inline(always)] || out.iter_mut().zip(a).zip(b).for_each(|((o, &x), &y)| *o = f(x, y)));
+        }
+    });
+    Ok(out)
+}
+
 pub fn binary(out_shape: &[usize], a: View, b: View, f: impl Fn(f32, f32) -> f32 + Sync + Send) -> Result<Vec<f32>> {
     let n = numel(out_shape);
-    let mut out = alloc_for_overwrite(n)?;
-    let contiguous = |v: &View| v.offset == 0 && v.data.len() == n && v.strides == crate::shape::strides(out_shape);
+    let contiguous = |v: &View| v.offset == 0 && v.data.len() == n && crate::shape::same(&v.strides, &crate::shape::strides(out_shape));
     if contiguous(&a) && contiguous(&b) {
-        let (a, b) = (a.data, b.data);
-        maybe_par(n, |par| {
-            if par {
-                out.par_chunks_mut(CHUNK).enumerate().for_each(|(c, o)| {
-                    let (s, len) = (c * CHUNK, o.len());
-                    simd::dispatch(#[inline(always)] || o.iter_mut().zip(&a[s..s + len]).zip(&b[s..s + len]).for_each(|((o, &x), &y)| *o = f(x, y)));
-                });
-            } else {
-                simd::dispatch(#[inline(always)] || out.iter_mut().zip(a).zip(b).for_each(|((o, &x), &y)| *o = f(x, y)));
-            }
-        });
-        return Ok(out);
+        return zip(a.data, b.data, f);
     }
+    let mut out = alloc_for_overwrite(n)?;
     for_rows(&mut out, out_shape, [a, b], #[inline(always)] |o, [oa, ob], [sa, sb], [va, vb]| {
         let len = o.len();
         match (sa, sb) {

@@ -37,6 +37,14 @@ macro_rules! binary_ops {
     ($( $pat:pat => f: |$x:ident, $y:ident| $f:expr, vjp: |$ai:ident, $bi:ident, $oi:ident, $gi:ident| $df:expr; )*) => {
         /// Forward kernel of a broadcasting binary op.
         pub fn forward(op: &Op, a: &Tensor, c: &Tensor) -> Result<Tensor> {
+            if crate::shape::same(&a.shape, &c.shape) {
+                // no broadcasting: no views or strides to build (the common case of small graphs)
+                let data = match *op {
+                    $( $pat => map::zip(a.data(), c.data(), #[inline(always)] |$x: f32, $y: f32| $f)?, )*
+                    _ => unreachable!("not a binary op"),
+                };
+                return Tensor::new(data, a.shape.clone());
+            }
             let shape = broadcast_shapes(&a.shape, &c.shape, op.name())?;
             let data = match *op {
                 $( $pat => map::binary(&shape, view(a, &shape), view(c, &shape), #[inline(always)] |$x: f32, $y: f32| $f)?, )*

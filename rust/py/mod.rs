@@ -1,4 +1,5 @@
-//! PyO3 layer: argument conversion, `py.detach` around every kernel call, and error mapping.
+//! PyO3 layer: argument conversion, `py.detach` around every kernel call (but those on tiny inputs,
+//! see `run_op`), and error mapping.
 //! No logic lives here.
 use numpy::ndarray::{ArrayViewD, IxDyn};
 use numpy::{PyArrayDyn, PyReadonlyArray1, PyReadonlyArrayDyn, PyReadwriteArray1, PyUntypedArrayMethods};
@@ -184,8 +185,65 @@ fn apply(py: Python<'_>, name: &str, inputs: Vec<PyRef<PyVar>>, attrs: Option<&B
     let op = Op::parse(name, &to_attrs(attrs)?)?;
     let ins: Vec<Var> = inputs.iter().map(|v| v.0.clone()).collect();
     drop(inputs);
-    let out = py.detach(move || Var::apply(op, &ins))?;
+    run_op(py, op, ins)
+}
+
+/// Inputs of at most this many elements in all run with the GIL held: releasing and retaking it
+/// costs more than such a kernel (a 0-d op takes well under a microsecond).
+const KEEP_GIL_MAX: usize = 1024;
+
+/// Run an op, releasing the GIL unless its inputs are tiny (a matmul counts its products).
+fn run_op(py: Python<'_>, op: Op, ins: Vec<Var>) -> PyResult<PyVar> {
+    let small = match &op {
+        Op::MatMul { .. } => false,
+        _ => ins.iter().map(|v| v.numel()).sum::<usize>() <= KEEP_GIL_MAX,
+    };
+    let out = if small { Var::apply(op, &ins) } else { py.detach(move || Var::apply(op, &ins)) }?;
     Ok(wrap(out))
+}
+
+/// A registry op parsed once (name and attributes), for the hot paths of the Python layer:
+/// `call1` / `call2` / `call_scalar` apply it without parsing anything.
+#[pyclass(name = "OpCode", module = "batchgrad._core", frozen)]
+pub struct PyOpCode(Op);
+
+#[pymethods]
+impl PyOpCode {
+    #[getter]
+    fn name(&self) -> &'static str {
+        self.0.name()
+    }
+    fn __repr__(&self) -> String {
+        format!("OpCode({:?})", self.0.name())
+    }
+}
+
+/// Parse an op once: `op_code("mul")`, `op_code("sum", {"axes": [0]})`.
+#[pyfunction]
+#[pyo3(signature = (name, attrs=None))]
+fn op_code(name: &str, attrs: Option<&Bound<'_, PyDict>>) -> PyResult<PyOpCode> {
+    Ok(PyOpCode(Op::parse(name, &to_attrs(attrs)?)?))
+}
+
+/// Apply a parsed unary op.
+#[pyfunction]
+fn call1(py: Python<'_>, op: PyRef<'_, PyOpCode>, a: PyRef<'_, PyVar>) -> PyResult<PyVar> {
+    run_op(py, op.0.clone(), vec![a.0.clone()])
+}
+
+/// Apply a parsed binary op.
+#[pyfunction]
+fn call2(py: Python<'_>, op: PyRef<'_, PyOpCode>, a: PyRef<'_, PyVar>, b: PyRef<'_, PyVar>) -> PyResult<PyVar> {
+    run_op(py, op.0.clone(), vec![a.0.clone(), b.0.clone()])
+}
+
+/// Apply a parsed binary op to a tensor and a Python number (a 0-d float32 constant), the
+/// number second, or first when `reflected` (`2 - x`).
+#[pyfunction]
+fn call_scalar(py: Python<'_>, op: PyRef<'_, PyOpCode>, a: PyRef<'_, PyVar>, s: f64, reflected: bool) -> PyResult<PyVar> {
+    let c = Var::scalar(s as f32);
+    let ins = if reflected { vec![c, a.0.clone()] } else { vec![a.0.clone(), c] };
+    run_op(py, op.0.clone(), ins)
 }
 
 /// torch.autograd.grad: gradients of outputs (weighted by seeds) w.r.t. inputs.
@@ -438,6 +496,11 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(from_numpy, m)?)?;
     m.add_function(wrap_pyfunction!(scalar, m)?)?;
     m.add_function(wrap_pyfunction!(apply, m)?)?;
+    m.add_function(wrap_pyfunction!(op_code, m)?)?;
+    m.add_function(wrap_pyfunction!(call1, m)?)?;
+    m.add_function(wrap_pyfunction!(call2, m)?)?;
+    m.add_function(wrap_pyfunction!(call_scalar, m)?)?;
+    m.add_class::<PyOpCode>()?;
     m.add_function(wrap_pyfunction!(grad, m)?)?;
     m.add_function(wrap_pyfunction!(set_grad_enabled, m)?)?;
     m.add_function(wrap_pyfunction!(is_grad_enabled, m)?)?;

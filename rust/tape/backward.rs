@@ -2,6 +2,7 @@
 //! so sorting the reachable subgraph by id (descending) is a reverse topological order: the
 //! tape is a Wengert list, and backward is a loop over it calling each op's VJP rule.
 use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasherDefault, Hasher};
 
 use super::{build, no_grad, set_grad_enabled, Var};
 use crate::bail;
@@ -9,9 +10,31 @@ use crate::error::Result;
 use crate::ops;
 use crate::tensor::Tensor;
 
+/// Var ids are unique integers: hashed by one multiply (Fibonacci hashing) instead of SipHash,
+/// which was 3% of a backward over 10,000 scalar ops.
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 << 8) | b as u64;
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+type IdMap<V> = HashMap<u64, V, BuildHasherDefault<IdHasher>>;
+type IdSet = HashSet<u64, BuildHasherDefault<IdHasher>>;
+
 /// Reachable recorded subgraph from `roots` (only Vars that require grad), reverse topological order.
 fn reverse_topo(roots: &[Var]) -> Result<Vec<(Var, Option<(ops::Op, Vec<Var>)>)>> {
-    let mut seen = HashSet::new();
+    let mut seen = IdSet::default();
     let mut stack: Vec<Var> = roots.iter().filter(|v| v.requires_grad()).cloned().collect();
     let mut out = Vec::new();
     while let Some(v) = stack.pop() {
@@ -30,15 +53,15 @@ fn reverse_topo(roots: &[Var]) -> Result<Vec<(Var, Option<(ops::Op, Vec<Var>)>)>
 
 /// Run the VJP sweep from `roots` seeded with `seeds`; returns the gradient of every Var for
 /// which `keep(var, is_leaf)` is true.
-fn sweep(roots: &[Var], seeds: Vec<Var>, create_graph: bool, keep: impl Fn(&Var, bool) -> bool) -> Result<(HashMap<u64, (Var, Var)>, Vec<Var>)> {
+fn sweep(roots: &[Var], seeds: Vec<Var>, create_graph: bool, keep: impl Fn(&Var, bool) -> bool) -> Result<(IdMap<(Var, Var)>, Vec<Var>)> {
     let order = reverse_topo(roots)?;
-    let mut grads: HashMap<u64, Var> = HashMap::new();
+    let mut grads: IdMap<Var> = IdMap::default();
     for (r, s) in roots.iter().zip(seeds) {
         accumulate(&mut grads, r.id(), s)?;
     }
     let prev = set_grad_enabled(create_graph);
     let result = (|| {
-        let mut kept = HashMap::new();
+        let mut kept = IdMap::default();
         for (v, node) in &order {
             let Some(g) = grads.remove(&v.id()) else { continue };
             if let Some((op, inputs)) = node {
@@ -61,7 +84,7 @@ fn sweep(roots: &[Var], seeds: Vec<Var>, create_graph: bool, keep: impl Fn(&Var,
     Ok((result?, order.into_iter().filter(|(_, n)| n.is_some()).map(|(v, _)| v).collect()))
 }
 
-fn accumulate(grads: &mut HashMap<u64, Var>, id: u64, g: Var) -> Result<()> {
+fn accumulate(grads: &mut IdMap<Var>, id: u64, g: Var) -> Result<()> {
     let new = match grads.remove(&id) {
         Some(old) => build::add(&old, &g)?,
         None => g,
@@ -124,7 +147,7 @@ pub fn grad(outputs: &[Var], seeds: Vec<Option<Tensor>>, inputs: &[Var], retain_
         bail!(Value, "grad: {} outputs but {} output gradients", outputs.len(), seeds.len());
     }
     let seeds = outputs.iter().zip(seeds).map(|(o, s)| check_seed(o, s)).collect::<Result<Vec<_>>>()?;
-    let want: HashSet<u64> = inputs.iter().map(|v| v.id()).collect();
+    let want: IdSet = inputs.iter().map(|v| v.id()).collect();
     let (mut kept, nodes) = sweep(outputs, seeds, create_graph, |v, _| want.contains(&v.id()))?;
     if !retain_graph && !create_graph {
         nodes.iter().for_each(|v| v.free_node());

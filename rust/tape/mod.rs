@@ -111,6 +111,10 @@ impl Var {
     pub fn shape(&self) -> Shape {
         self.0.value.read().unwrap().shape.clone()
     }
+    /// Number of elements of the current value.
+    pub fn numel(&self) -> usize {
+        self.0.value.read().unwrap().shape.iter().product()
+    }
     /// Replace a leaf's value in place (optimizer updates). Shape must match.
     pub fn set_value(&self, t: Tensor) {
         *self.0.value.write().unwrap() = t;
@@ -211,13 +215,13 @@ pub mod build {
     pub fn rsub(c: f32, a: &Var) -> Result<Var> { sub(&Var::scalar(c), a) }
     pub fn cmp(op: Op, a: &Var, b: &Var) -> Result<Var> { Var::apply(op, &[a.clone(), b.clone()]) }
     pub fn reshape(a: &Var, shape: &[usize]) -> Result<Var> {
-        if a.shape() == shape {
+        if crate::shape::same(&a.shape(), shape) {
             return Ok(a.clone());
         }
         Var::apply(Op::Reshape { shape: shape.iter().map(|&d| d as i64).collect() }, &[a.clone()])
     }
     pub fn broadcast_to(a: &Var, shape: &[usize]) -> Result<Var> {
-        if a.shape() == shape {
+        if crate::shape::same(&a.shape(), shape) {
             return Ok(a.clone());
         }
         Var::apply(Op::BroadcastTo { shape: shape.to_vec() }, &[a.clone()])
@@ -228,7 +232,7 @@ pub mod build {
     /// Sum a gradient back to an input's shape (the adjoint of broadcasting).
     pub fn sum_to(g: &Var, shape: &[usize]) -> Result<Var> {
         let gs = g.shape();
-        if gs == shape {
+        if crate::shape::same(&gs, shape) {
             return Ok(g.clone());
         }
         let lead = gs.len() - shape.len();

@@ -1,0 +1,86 @@
+"""The hot path of small graphs (tensor operators, `_core.OpCode` / call1 / call2 / call_scalar,
+the GIL kept for tiny inputs, same-shape binary kernels) computes exactly what the general path
+(`_core.apply` by name, broadcasting views) computes, for every kind of operand."""
+
+import operator
+
+import numpy as np
+import pytest
+
+import batchgrad as bg
+from batchgrad import _core
+
+OPS = [("add", operator.add), ("sub", operator.sub), ("mul", operator.mul), ("div", operator.truediv)]
+
+
+def _bits(t):
+    return np.asarray(t.numpy(), np.float32).view(np.uint32)
+
+
+def _general(name, a, b):
+    """The same op through `_core.apply` by name, the constant as a 0-d Var made in Python."""
+    va = a._v if isinstance(a, bg.Tensor) else _core.scalar(float(a))
+    vb = b._v if isinstance(b, bg.Tensor) else _core.scalar(float(b))
+    return bg.Tensor(_core.apply(name, [va, vb]))
+
+
+OPERANDS = [2.5, 3, -0.0, float("inf"), float("nan"), 1e-40]
+
+
+@pytest.mark.parametrize("name,f", OPS)
+@pytest.mark.parametrize("shape", [(), (1,), (5,), (3, 4), (1025,)])
+def test_operators_equal_the_general_path_bitwise(name, f, shape, rng):
+    x = bg.tensor(rng.normal(size=shape).astype(np.float32) + 0.5)
+    w = bg.tensor(rng.normal(size=shape).astype(np.float32))
+    for c in OPERANDS:
+        assert np.array_equal(_bits(f(x, c)), _bits(_general(name, x, c)))
+        assert np.array_equal(_bits(f(c, x)), _bits(_general(name, c, x)))
+    assert np.array_equal(_bits(f(x, w)), _bits(_general(name, x, w)))
+    # a same-shape pair takes the no-broadcast kernel; a broadcast pair the view kernel: same values
+    ref = f(x.numpy().astype(np.float64), w.numpy().astype(np.float64)).astype(np.float32)
+    np.testing.assert_allclose(f(x, w).numpy(), ref, rtol=1e-6)
+
+
+@pytest.mark.parametrize("name,f", OPS)
+def test_operand_kinds_and_gradients(name, f, rng):
+    p = bg.nn.Parameter(rng.normal(size=(3,)).astype(np.float32) + 2.0)
+    x = bg.tensor(rng.normal(size=(3,)).astype(np.float32) + 2.0, requires_grad=True)
+    for other in (p, np.float32(1.5), np.float64(1.5), True, [1.0, 2.0, 3.0], np.ones(3, np.float32)):
+        got = f(x, other)
+        want = f(x.numpy(), np.asarray(other.numpy() if isinstance(other, bg.Tensor) else other, np.float32))
+        np.testing.assert_allclose(got.numpy(), want, rtol=1e-6)
+    # gradients through the fast path: d/dx of sum(f(x, 1.5) + f(1.5, x)) against finite differences in float64
+    y = (f(x, 1.5) + f(1.5, x)).sum()
+    y.backward()
+    xs = x.numpy().astype(np.float64)
+    eps = 1e-6
+    fd = [(np.sum(f(xs + eps * e, 1.5) + f(1.5, xs + eps * e)) - np.sum(f(xs - eps * e, 1.5) + f(1.5, xs - eps * e)))
+          / (2 * eps) for e in np.eye(3)]
+    np.testing.assert_allclose(x.grad.numpy(), fd, rtol=1e-4)
+
+
+def test_op_codes():
+    mul = _core.op_code("mul")
+    assert mul.name == "mul" and repr(mul) == 'OpCode("mul")'
+    s = _core.op_code("sum", {"axes": [1], "keepdims": True})
+    x = bg.tensor(np.arange(6, dtype=np.float32).reshape(2, 3))
+    np.testing.assert_array_equal(bg.Tensor(_core.call1(s, x._v)).numpy(), [[3.0], [12.0]])
+    with pytest.raises(ValueError, match="unknown op 'nope'"):
+        _core.op_code("nope")
+    with pytest.raises(ValueError, match="broadcast"):
+        _core.call2(mul, bg.ones(2)._v, bg.ones(3)._v)
+    with pytest.raises(ValueError, match="expected 2 inputs"):
+        _core.call1(mul, x._v)
+    with pytest.raises(OverflowError):
+        bg.ones(2) + 10**400
+    with pytest.raises(TypeError, match="expected numbers"):
+        bg.ones(2) + "a"
+
+
+def test_results_keep_their_kind():
+    x = bg.tensor([1.0, -2.0], requires_grad=True)
+    m = x > 0
+    assert (x * 2).grad_fn == "mul" and (2 - x).grad_fn == "sub" and (-x).grad_fn == "neg"
+    assert not (m * 1.0)._bool and (m * 1.0).numpy().tolist() == [1.0, 0.0]
+    with bg.no_grad():
+        assert (x + 1).grad_fn is None and not (x + 1).requires_grad
