@@ -84,3 +84,25 @@ def test_results_keep_their_kind():
     assert not (m * 1.0)._bool and (m * 1.0).numpy().tolist() == [1.0, 0.0]
     with bg.no_grad():
         assert (x + 1).grad_fn is None and not (x + 1).requires_grad
+
+
+def test_backward_takes_the_graph_and_puts_it_back_on_error():
+    """A backward without retain_graph moves each node out of the graph as it walks it; when it
+    then meets a node freed by an earlier backward, the nodes it took are put back: the graph is
+    as it was, and the error names the freed op, the same on every try."""
+    x = bg.tensor([0.5, 1.5], requires_grad=True)
+    y = x.exp()
+    (y * 2).sum().backward()  # frees y's node ('exp')
+    w = (y + 1).tanh().sum()
+    for _ in range(2):
+        with pytest.raises(RuntimeError, match="the graph of 'exp' was freed"):
+            w.backward()
+    assert w.grad_fn == "sum"
+    # retain_graph keeps every node; a later plain backward frees them, a third one fails on them
+    x2 = bg.tensor([0.5, 1.5], requires_grad=True)
+    z = (x2 * x2).sum()
+    z.backward(retain_graph=True)
+    z.backward()
+    np.testing.assert_allclose(x2.grad.numpy(), [2.0, 6.0])
+    with pytest.raises(RuntimeError, match="the graph of 'sum' was freed"):
+        z.backward()

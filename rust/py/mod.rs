@@ -198,7 +198,7 @@ fn run_op(py: Python<'_>, op: Op, ins: Vec<Var>) -> PyResult<PyVar> {
         Op::MatMul { .. } => false,
         _ => ins.iter().map(|v| v.numel()).sum::<usize>() <= KEEP_GIL_MAX,
     };
-    let out = if small { Var::apply(op, &ins) } else { py.detach(move || Var::apply(op, &ins)) }?;
+    let out = if small { Var::apply_owned(op, ins) } else { py.detach(move || Var::apply_owned(op, ins)) }?;
     Ok(wrap(out))
 }
 

@@ -32,8 +32,13 @@ impl Hasher for IdHasher {
 type IdMap<V> = HashMap<u64, V, BuildHasherDefault<IdHasher>>;
 type IdSet = HashSet<u64, BuildHasherDefault<IdHasher>>;
 
-/// Reachable recorded subgraph from `roots` (only Vars that require grad), reverse topological order.
-fn reverse_topo(roots: &[Var]) -> Result<Vec<(Var, Option<(ops::Op, Vec<Var>)>)>> {
+/// The recorded subgraph in reverse topological order: each Var with its op and inputs.
+type Order = Vec<(Var, Option<(ops::Op, Vec<Var>)>)>;
+
+/// Reachable recorded subgraph from `roots` (only Vars that require grad), reverse topological
+/// order. With `take` (a backward that frees the graph) each node is moved out of its Var, left
+/// `Freed`, instead of copied and freed after the sweep; an error puts every taken node back.
+fn reverse_topo(roots: &[Var], take: bool) -> Result<Order> {
     let mut seen = IdSet::default();
     let mut stack: Vec<Var> = roots.iter().filter(|v| v.requires_grad()).cloned().collect();
     let mut out = Vec::new();
@@ -41,7 +46,14 @@ fn reverse_topo(roots: &[Var]) -> Result<Vec<(Var, Option<(ops::Op, Vec<Var>)>)>
         if !seen.insert(v.id()) {
             continue;
         }
-        let node = v.node()?; // errors on a freed graph before anything is touched
+        // errors on a freed graph before anything is changed (taken nodes are put back)
+        let node = match if take { v.take_node() } else { v.node() } {
+            Ok(n) => n,
+            Err(e) => {
+                restore(out);
+                return Err(e);
+            }
+        };
         if let Some((_, inputs)) = &node {
             stack.extend(inputs.iter().filter(|i| i.requires_grad() && !seen.contains(&i.id())).cloned());
         }
@@ -51,16 +63,26 @@ fn reverse_topo(roots: &[Var]) -> Result<Vec<(Var, Option<(ops::Op, Vec<Var>)>)>
     Ok(out)
 }
 
-/// Run the VJP sweep from `roots` seeded with `seeds`; returns the gradient of every Var for
-/// which `keep(var, is_leaf)` is true.
-fn sweep(roots: &[Var], seeds: Vec<Var>, create_graph: bool, keep: impl Fn(&Var, bool) -> bool) -> Result<(IdMap<(Var, Var)>, Vec<Var>)> {
-    let order = reverse_topo(roots)?;
-    let mut grads: IdMap<Var> = IdMap::default();
-    for (r, s) in roots.iter().zip(seeds) {
-        accumulate(&mut grads, r.id(), s)?;
+/// Put nodes taken by `reverse_topo(.., take = true)` back into their Vars.
+fn restore(order: Order) {
+    for (v, node) in order {
+        if let Some((op, inputs)) = node {
+            v.restore_node(op, inputs);
+        }
     }
+}
+
+/// Run the VJP sweep from `roots` seeded with `seeds`; returns the gradient of every Var for
+/// which `keep(var, is_leaf)` is true, and the subgraph swept (with `take`, the nodes taken out
+/// of the graph: the caller drops them on success or `restore`s them on a later error).
+fn sweep(roots: &[Var], seeds: Vec<Var>, create_graph: bool, take: bool, keep: impl Fn(&Var, bool) -> bool) -> Result<(IdMap<(Var, Var)>, Order)> {
+    let order = reverse_topo(roots, take)?;
+    let mut grads: IdMap<Var> = IdMap::default();
     let prev = set_grad_enabled(create_graph);
     let result = (|| {
+        for (r, s) in roots.iter().zip(seeds) {
+            accumulate(&mut grads, r.id(), s)?;
+        }
         let mut kept = IdMap::default();
         for (v, node) in &order {
             let Some(g) = grads.remove(&v.id()) else { continue };
@@ -81,7 +103,15 @@ fn sweep(roots: &[Var], seeds: Vec<Var>, create_graph: bool, keep: impl Fn(&Var,
         Ok(kept)
     })();
     set_grad_enabled(prev);
-    Ok((result?, order.into_iter().filter(|(_, n)| n.is_some()).map(|(v, _)| v).collect()))
+    match result {
+        Ok(kept) => Ok((kept, order)),
+        Err(e) => {
+            if take {
+                restore(order);
+            }
+            Err(e)
+        }
+    }
 }
 
 fn accumulate(grads: &mut IdMap<Var>, id: u64, g: Var) -> Result<()> {
@@ -117,8 +147,9 @@ pub fn backward(root: &Var, seed: Option<Tensor>, retain_graph: bool) -> Result<
         bail!(Runtime, "backward: this tensor does not require grad and has no recorded history (did you forget requires_grad=True, or compute it under no_grad()?)");
     }
     let seed = check_seed(root, seed)?;
-    let (kept, nodes) = sweep(std::slice::from_ref(root), vec![seed], false, |_, leaf| leaf)?;
-    no_grad(|| -> Result<()> {
+    let take = !retain_graph;
+    let (kept, order) = sweep(std::slice::from_ref(root), vec![seed], false, take, |_, leaf| leaf)?;
+    let res = no_grad(|| -> Result<()> {
         // compute every sum first, then assign: nothing is half-updated on error
         let mut updates = Vec::with_capacity(kept.len());
         for (_, (leaf, g)) in kept {
@@ -133,9 +164,12 @@ pub fn backward(root: &Var, seed: Option<Tensor>, retain_graph: bool) -> Result<
             leaf.set_grad(Some(new));
         }
         Ok(())
-    })?;
-    if !retain_graph {
-        nodes.iter().for_each(|v| v.free_node());
+    });
+    if let Err(e) = res {
+        if take {
+            restore(order);
+        }
+        return Err(e);
     }
     Ok(())
 }
@@ -148,9 +182,7 @@ pub fn grad(outputs: &[Var], seeds: Vec<Option<Tensor>>, inputs: &[Var], retain_
     }
     let seeds = outputs.iter().zip(seeds).map(|(o, s)| check_seed(o, s)).collect::<Result<Vec<_>>>()?;
     let want: IdSet = inputs.iter().map(|v| v.id()).collect();
-    let (mut kept, nodes) = sweep(outputs, seeds, create_graph, |v, _| want.contains(&v.id()))?;
-    if !retain_graph && !create_graph {
-        nodes.iter().for_each(|v| v.free_node());
-    }
+    let take = !retain_graph && !create_graph;
+    let (mut kept, _order) = sweep(outputs, seeds, create_graph, take, |v, _| want.contains(&v.id()))?;
     Ok(inputs.iter().map(|v| kept.remove(&v.id()).map(|(_, g)| g)).collect())
 }

@@ -42,6 +42,12 @@ pub fn no_grad<R>(f: impl FnOnce() -> R) -> R {
     f()
 }
 
+fn freed(op: &str) -> crate::error::Error {
+    crate::error::Error::Runtime(format!(
+        "trying to backward through the graph a second time (the graph of '{op}' was freed by an earlier backward; pass retain_graph=True to keep it)"
+    ))
+}
+
 pub(crate) enum Node {
     Leaf,
     Op { op: Op, inputs: Vec<Var> },
@@ -157,17 +163,28 @@ impl Var {
         match &*self.0.node.lock().unwrap() {
             Node::Leaf => Ok(None),
             Node::Op { op, inputs } => Ok(Some((op.clone(), inputs.clone()))),
-            Node::Freed(n) => crate::bail!(
-                Runtime,
-                "trying to backward through the graph a second time (the graph of '{n}' was freed by an earlier backward; pass retain_graph=True to keep it)"
-            ),
+            Node::Freed(n) => Err(freed(n)),
         }
     }
-    pub(crate) fn free_node(&self) {
+    /// The node moved out, leaving `Freed` (a backward without `retain_graph` frees the graph
+    /// this way); error if already freed.
+    pub(crate) fn take_node(&self) -> Result<Option<(Op, Vec<Var>)>> {
         let mut n = self.0.node.lock().unwrap();
-        if let Node::Op { op, .. } = &*n {
-            *n = Node::Freed(op.name());
+        match &*n {
+            Node::Leaf => Ok(None),
+            Node::Freed(name) => Err(freed(name)),
+            Node::Op { op, .. } => {
+                let name = op.name();
+                match std::mem::replace(&mut *n, Node::Freed(name)) {
+                    Node::Op { op, inputs } => Ok(Some((op, inputs))),
+                    _ => unreachable!(),
+                }
+            }
         }
+    }
+    /// Undo `take_node`.
+    pub(crate) fn restore_node(&self, op: Op, inputs: Vec<Var>) {
+        *self.0.node.lock().unwrap() = Node::Op { op, inputs };
     }
     /// Same value, no history.
     pub fn detach(&self) -> Var {
@@ -184,15 +201,26 @@ impl Var {
     /// input requires grad; non-differentiable results (comparisons) are still recorded, so a
     /// traced program keeps the masks that depend on its inputs.
     pub fn apply(op: Op, inputs: &[Var]) -> Result<Var> {
-        let vals: Vec<Tensor> = inputs.iter().map(|v| v.value()).collect();
-        let refs: Vec<&Tensor> = vals.iter().collect();
-        let out = ops::forward(&op, &refs)?;
-        drop(vals);
+        Var::apply_owned(op, inputs.to_vec())
+    }
+
+    /// `apply` taking the input list, which a recorded node keeps (no second copy of it).
+    pub fn apply_owned(op: Op, inputs: Vec<Var>) -> Result<Var> {
+        // the inputs' values on the stack for the common arities: no vectors allocated per op
+        let out = match inputs.as_slice() {
+            [a] => ops::forward(&op, &[&a.value()])?,
+            [a, b] => ops::forward(&op, &[&a.value(), &b.value()])?,
+            _ => {
+                let vals: Vec<Tensor> = inputs.iter().map(|v| v.value()).collect();
+                let refs: Vec<&Tensor> = vals.iter().collect();
+                ops::forward(&op, &refs)?
+            }
+        };
         if !is_grad_enabled() || !inputs.iter().any(|v| v.is_tracked()) {
             return Ok(Var::leaf(out, false));
         }
         let rg = op.spec().differentiable && inputs.iter().any(|v| v.requires_grad());
-        Ok(Var::make(out, rg, Node::Op { op, inputs: inputs.to_vec() }))
+        Ok(Var::make(out, rg, Node::Op { op, inputs }))
     }
 }
 
