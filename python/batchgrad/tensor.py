@@ -70,7 +70,7 @@ def _t(x: Any) -> "Tensor":
 # name to parse, no 0-d Var made in Python for a number operand, the GIL kept for tiny inputs),
 # and results wrapped without running `Tensor.__init__`'s check.
 _call1, _call2, _call_scalar = _core.call1, _core.call2, _core.call_scalar
-_NEG = _core.op_code("neg")
+_NEG, _MATMUL = _core.op_code("neg"), _core.op_code("matmul")
 _new_tensor = object.__new__
 
 
@@ -135,11 +135,11 @@ class Tensor:
 
     @property
     def ndim(self) -> int:
-        return len(self._v.shape)
+        return self._v.ndim
 
     @property
     def size(self) -> int:
-        return int(np.prod(self._v.shape, dtype=np.int64))
+        return self._v.numel
 
     @property
     def dtype(self) -> np.dtype:
@@ -696,6 +696,8 @@ def take(x: Any, indices: Any, axis: int | None = 0) -> Tensor:
 def matmul(a: Any, b: Any) -> Tensor:
     """numpy.matmul: 2-D, batched N-D with broadcast batch dims, and 1-D operands promoted."""
     a, b = _t(a), _t(b)
+    if a._v.ndim >= 2 and b._v.ndim >= 2:  # no promotion: the kernel's message shows the shapes passed
+        return _wrap(_call2(_MATMUL, a._v, b._v))
     if a.ndim == 0 or b.ndim == 0:
         raise ValueError(f"matmul: scalar operands are not allowed (shapes {a.shape} and {b.shape}); use *")
     va, vb = a.ndim == 1, b.ndim == 1

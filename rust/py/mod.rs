@@ -48,6 +48,16 @@ impl PyVar {
     fn shape(&self) -> Vec<usize> {
         self.0.shape()
     }
+    /// Number of dimensions (no shape list built).
+    #[getter]
+    fn ndim(&self) -> usize {
+        self.0.ndim()
+    }
+    /// Number of elements (no shape list built).
+    #[getter]
+    fn numel(&self) -> usize {
+        self.0.numel()
+    }
     #[getter]
     fn id(&self) -> u64 {
         self.0.id()

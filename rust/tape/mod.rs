@@ -117,6 +117,10 @@ impl Var {
     pub fn shape(&self) -> Shape {
         self.0.value.read().unwrap().shape.clone()
     }
+    /// Number of dimensions of the current value.
+    pub fn ndim(&self) -> usize {
+        self.0.value.read().unwrap().shape.len()
+    }
     /// Number of elements of the current value.
     pub fn numel(&self) -> usize {
         self.0.value.read().unwrap().shape.iter().product()
