@@ -106,3 +106,34 @@ def test_backward_takes_the_graph_and_puts_it_back_on_error():
     np.testing.assert_allclose(x2.grad.numpy(), [2.0, 6.0])
     with pytest.raises(RuntimeError, match="the graph of 'sum' was freed"):
         z.backward()
+
+
+def test_number_constants_are_shared_without_changing_any_result(rng):
+    """A number operand becomes a 0-d constant that recent ops with the same value share (no Var
+    allocated per op). Sharing must not show: traced graphs, vmap(grad) and compiled steps that
+    use the same number many times give the values and gradients of numpy."""
+    def f(x):
+        return (((x * 0.5 + 0.5) * 0.5 - 0.5) / 0.5 * x).sum()
+
+    def f_np(x):
+        return float((((x * 0.5 + 0.5) * 0.5 - 0.5) / 0.5 * x).sum())
+
+    xs = rng.normal(size=(4, 3)).astype(np.float32)
+    g = bg.trace(f, bg.tensor(xs[0]))
+    for row in xs[1:]:
+        assert float(g.run(bg.tensor(row))) == pytest.approx(f_np(row.astype(np.float64)), rel=1e-6)
+    per_example = bg.vmap(bg.grad(f))(bg.tensor(xs)).numpy()
+    # d/dx of ((x/4 + 1/4 - 1/2) * 2) * x = (x/2 - 1/2) * x  ->  x - 1/2
+    np.testing.assert_allclose(per_example, xs - 0.5, rtol=1e-6, atol=1e-7)
+    # many distinct numbers (more than the few kept) still give the right values
+    x = bg.tensor(xs[0], requires_grad=True)
+    y = x
+    for k in range(1, 40):
+        y = y * (1 + k / 1000.0) + k / 100.0
+    want = xs[0].astype(np.float64)
+    for k in range(1, 40):
+        want = want * np.float32(1 + k / 1000.0) + np.float32(k / 100.0)
+    np.testing.assert_allclose(y.numpy(), want, rtol=1e-5)
+    y.sum().backward()
+    np.testing.assert_allclose(x.grad.numpy(), np.prod([np.float32(1 + k / 1000.0) for k in range(1, 40)]) * np.ones(3),
+                               rtol=1e-5)

@@ -251,7 +251,7 @@ fn call2(py: Python<'_>, op: PyRef<'_, PyOpCode>, a: PyRef<'_, PyVar>, b: PyRef<
 /// number second, or first when `reflected` (`2 - x`).
 #[pyfunction]
 fn call_scalar(py: Python<'_>, op: PyRef<'_, PyOpCode>, a: PyRef<'_, PyVar>, s: f64, reflected: bool) -> PyResult<PyVar> {
-    let c = Var::scalar(s as f32);
+    let c = Var::constant(s as f32);
     let ins = if reflected { vec![c, a.0.clone()] } else { vec![a.0.clone(), c] };
     run_op(py, op.0.clone(), ins)
 }

@@ -107,6 +107,32 @@ impl Var {
     pub fn scalar(v: f32) -> Var {
         Var::leaf(Tensor::scalar(v), false)
     }
+    /// A 0-d constant for an operand that is a number (`x * 0.5`): the same immutable Var for
+    /// the same value while it is among this thread's last few constants, so a loop of
+    /// `y = y * c` allocates no Var for `c`. Nothing can change such a Var: it is a leaf
+    /// without grad that only the nodes holding it can reach.
+    pub fn constant(v: f32) -> Var {
+        const N: usize = 8;
+        thread_local! {
+            static RECENT: std::cell::RefCell<(usize, Vec<(u32, Var)>)> = const { std::cell::RefCell::new((0, Vec::new())) };
+        }
+        let bits = v.to_bits();
+        RECENT.with(|r| {
+            let mut r = r.borrow_mut();
+            if let Some((_, var)) = r.1.iter().find(|(b, _)| *b == bits) {
+                return var.clone();
+            }
+            let var = Var::scalar(v);
+            let (next, list) = &mut *r;
+            if list.len() < N {
+                list.push((bits, var.clone()));
+            } else {
+                list[*next] = (bits, var.clone());
+                *next = (*next + 1) % N;
+            }
+            var
+        })
+    }
     pub fn id(&self) -> u64 {
         self.0.id
     }
