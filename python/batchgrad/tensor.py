@@ -569,10 +569,17 @@ def where(cond: Any, a: Any, b: Any) -> Tensor:
 
 
 # ---- reductions -------------------------------------------------------------------------------
+_FULL_REDUCTIONS: dict[tuple[str, bool], Any] = {}
+
+
 def _reduce(name: str, x: Any, axis: Any, keepdims: bool) -> Tensor:
     x = _t(x)
-    if axis is None:
-        return _op(name, x, axes=[], keepdims=bool(keepdims))  # no axes: all of them
+    if axis is None:  # no axes: all of them (op codes parsed once per reduction and keepdims)
+        key = (name, bool(keepdims))
+        code = _FULL_REDUCTIONS.get(key)
+        if code is None:
+            code = _FULL_REDUCTIONS[key] = _core.op_code(name, {"axes": [], "keepdims": key[1]})
+        return _wrap(_call1(code, x._v))
     axes = _args.axes(axis, x.ndim, "axis", name)
     if not axes:
         return reshape(x, x.shape)  # numpy: axis=() reduces nothing

@@ -336,10 +336,12 @@ class Linear(Module):
         x = as_tensor(x)
         if x.ndim == 0 or x.shape[-1] != self.in_features:
             raise ValueError(f"Linear: expected input with last dimension {self.in_features}, got shape {x.shape}")
-        y = x @ self.weight
+        params = self.__dict__["_parameters"]  # one lookup instead of Module.__getattr__ per use
+        y = x @ params["weight"]
+        bias = params["bias"]
         if relu:
-            return F.relu(y) if self.bias is None else F.add_relu(y, self.bias)
-        return y if self.bias is None else y + self.bias
+            return F.relu(y) if bias is None else F.add_relu(y, bias)
+        return y if bias is None else y + bias
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, init={self.init!r}"
@@ -385,7 +387,7 @@ class Sequential(Module):
     def forward(self, x: Any) -> Any:
         """Each module in turn. A ``Linear`` directly followed by a ``ReLU`` runs as one fused
         bias-add + activation (``F.linear_relu``): same values and gradients, fewer passes."""
-        mods = list(self)
+        mods = list(self._registries()[1].values())
         i = 0
         while i < len(mods):
             m = mods[i]

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from .. import _args, _core
-from ..tensor import _TRACE_DEPTH, Tensor, as_tensor, exp, log, maximum, relu, reshape, sigmoid, tanh
+from ..tensor import _TRACE_DEPTH, Tensor, _op, as_tensor, exp, log, maximum, relu, reshape, sigmoid, tanh
 from ..tensor import abs as _abs
 from ..tensor import log_softmax as _log_softmax
 from ..tensor import softmax as _softmax
@@ -126,15 +126,14 @@ def cross_entropy(input: Any, target: Any, reduction: str = "mean") -> Tensor:
             "expected labels of shape (N,) for logits of shape (N, C)"
         )
     c = z.shape[1]
-    out_of_range = (labels < 0) | (labels >= c)
-    if np.any(out_of_range):
-        bad = int(labels[out_of_range][0])
+    if labels.size and (labels.min() < 0 or labels.max() >= c):
+        bad = int(labels[(labels < 0) | (labels >= c)][0])
         raise ValueError(f"cross_entropy: label {bad} is out of range for {c} classes (labels must be in [0, {c}))")
     if on_graph:
         lab = reshape(target, labels.shape)._v
     else:
         lab = _core.from_numpy(np.ascontiguousarray(labels, dtype=np.float32), False)
-    per = Tensor(_core.apply("softmax_xent", [z._v, lab], None))
+    per = _op("softmax_xent", z, Tensor(lab))
     if single:
         per = reshape(per, ())
     return _reduce(per, reduction)
@@ -198,7 +197,7 @@ def linear(input: Any, weight: Tensor, bias: Tensor | None = None) -> Tensor:
 def add_relu(input: Any, bias: Any) -> Tensor:
     """``relu(input + bias)`` (broadcasting) as one fused op: one pass over memory forward, and
     its backward is the fused ``relu_grad`` (no separate add, compare and multiply passes)."""
-    return Tensor(_core.apply("add_relu", [as_tensor(input)._v, as_tensor(bias)._v]))
+    return _op("add_relu", as_tensor(input), as_tensor(bias))
 
 
 def linear_relu(input: Any, weight: Tensor, bias: Tensor) -> Tensor:
