@@ -137,3 +137,20 @@ def test_number_constants_are_shared_without_changing_any_result(rng):
     y.sum().backward()
     np.testing.assert_allclose(x.grad.numpy(), np.prod([np.float32(1 + k / 1000.0) for k in range(1, 40)]) * np.ones(3),
                                rtol=1e-5)
+
+
+def test_linear_reads_its_parameters_however_they_were_set(rng):
+    """Linear.forward reads weight and bias from the parameter registry directly; assigning
+    `bias = None` keeps the (empty) slot as in PyTorch, and a plain tensor assigned over a
+    parameter is used as an attribute."""
+    x = rng.normal(size=(2, 3)).astype(np.float32)
+    m = bg.nn.Linear(3, 2, seed=0)
+    w = m.weight.numpy().copy()
+    m.bias = None
+    assert "bias" in m._parameters and m._parameters["bias"] is None and m.bias is None
+    assert [k for k, _ in m.named_parameters()] == ["weight"]
+    np.testing.assert_allclose(m(x).numpy(), x @ w, rtol=1e-6)
+    m.bias = bg.ones(2)  # a plain tensor, not a Parameter: an attribute, not registered
+    np.testing.assert_allclose(m(x).numpy(), x @ w + 1, rtol=1e-6)
+    m.weight = bg.nn.Parameter(np.eye(3, 2, dtype=np.float32))
+    np.testing.assert_allclose(m(x).numpy(), x @ np.eye(3, 2) + 1, rtol=1e-6)

@@ -106,6 +106,7 @@ class Module:
     def __setattr__(self, name: str, value: Any) -> None:
         if isinstance(value, (Parameter, Module)) or name in self.__dict__.get("_parameters", {}) or name in self.__dict__.get("_modules", {}):
             params, modules = self._registries()
+            was_param = name in params
             params.pop(name, None)
             modules.pop(name, None)
             self.__dict__.pop(name, None)
@@ -115,7 +116,7 @@ class Module:
             if isinstance(value, Module):
                 modules[name] = value
                 return
-            if value is None and name in params:  # like PyTorch: `self.bias = None` keeps the slot
+            if value is None and was_param:  # like PyTorch: `self.bias = None` keeps the slot
                 params[name] = None
                 return
         object.__setattr__(self, name, value)
@@ -337,8 +338,8 @@ class Linear(Module):
         if x.ndim == 0 or x.shape[-1] != self.in_features:
             raise ValueError(f"Linear: expected input with last dimension {self.in_features}, got shape {x.shape}")
         params = self.__dict__["_parameters"]  # one lookup instead of Module.__getattr__ per use
-        y = x @ params["weight"]
-        bias = params["bias"]
+        y = x @ (params["weight"] if "weight" in params else self.weight)
+        bias = params["bias"] if "bias" in params else self.bias
         if relu:
             return F.relu(y) if bias is None else F.add_relu(y, bias)
         return y if bias is None else y + bias
