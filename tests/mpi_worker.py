@@ -81,7 +81,7 @@ def train(scenario: str, out: str) -> None:
 
 
 def fail(scenario: str, out: str) -> None:
-    """fail-raise / fail-nan / fail-kill / fail-hang / fail-val: rank 1 misbehaves."""
+    """fail-raise / fail-nan / fail-kill / fail-hang / fail-val / fail-shape: rank 1 misbehaves."""
     world = bg.distributed.init(timeout=float(os.environ.get("WORKER_TIMEOUT", "300")))
     X, y, Xv, yv = data()
     ds = bg.data.ArrayDataset(X, y)
@@ -112,6 +112,18 @@ def fail(scenario: str, out: str) -> None:
             yield Xv, yv
 
     loader = bg.data.DataLoader(ds, batch_size=BATCH, sampler=bg.distributed.DistributedSampler(ds, seed=0))
+    if kind == "shape":  # compiled step: rank 1's third batch has 10 features, not 64
+        step = bg.compile_step(model, bg.nn.CrossEntropyLoss(), opt, distributed=True)
+        try:
+            for k, (xb, yb) in enumerate(loader):
+                step(xb[:, :10] if world.rank == 1 and k == 2 else xb, yb)
+        except bg.distributed.DistributedError as e:
+            print(f"RANK {world.rank} CAUGHT DistributedError: {e}", flush=True)
+            with open(f"{out}.rank{world.rank}", "w") as f:
+                f.write(str(e))
+            return
+        print(f"RANK {world.rank} FINISHED", flush=True)
+        return
     try:
         bg.fit(model, loss_fn, opt, loader, epochs=2, distributed=True, progress=False,
                val_loader=BadVal() if kind == "val" else None)

@@ -146,7 +146,7 @@ def _wait_all(res: subprocess.CompletedProcess) -> str:
     return res.stdout + res.stderr
 
 
-@pytest.mark.parametrize("kind", ["raise", "nan"])
+@pytest.mark.parametrize("kind", ["raise", "nan", "shape"])
 def test_an_exception_on_one_rank_is_raised_on_every_rank(tmp_path, kind):
     out = tmp_path / "f"
     t0 = time.perf_counter()
@@ -158,8 +158,9 @@ def test_an_exception_on_one_rank_is_raised_on_every_rank(tmp_path, kind):
         assert f"RANK {r} CAUGHT DistributedError" in text, text
         msg = (tmp_path / f"f.rank{r}").read_text()
         assert "1 of 2 ranks failed at optimizer step" in msg
-        assert "rank 1: " + ("ValueError: rank one's loss exploded on purpose" if kind == "raise"
-                             else "FloatingPointError: loss is nan") in msg
+        assert "rank 1: " + {"raise": "ValueError: rank one's loss exploded on purpose",
+                             "nan": "FloatingPointError: loss is nan",
+                             "shape": "ValueError: "}[kind] in msg
     assert "FINISHED" not in text
 
 

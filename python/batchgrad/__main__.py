@@ -260,7 +260,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         batch += f" per rank on {world.size} ranks (MPI) = {args.batch_size * args.accumulate * world.size} per step"
     if root:
         print(f"training MLP {arch} on {source} ({len(y_tr)} train / {len(y_te)} test examples): "
-          f"{OPTIMIZERS[args.optimizer][1]} lr={lr:g}, {args.schedule} schedule, batch {batch}, "
+              f"{OPTIMIZERS[args.optimizer][1]} lr={lr:g}, {args.schedule} schedule, batch {batch}, "
               f"{args.epochs} epochs, seed {args.seed}" + (f", on {name}" if args.device == "gpu" else ""), flush=True)
     t0 = time.perf_counter()
     history = bg.fit(model, loss_fn, opt, train_loader, epochs=args.epochs, accumulate=args.accumulate,

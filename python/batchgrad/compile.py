@@ -128,13 +128,14 @@ class CompiledStep:
     def _distributed(self, X: Tensor, y: Tensor) -> float:
         """Forward + backward into the reducer's flat buffer (one Rust call), one all-reduce of
         it, then the update from it (one Rust call); returns the loss of all ranks' examples."""
-        red, ts = self.reducer, self.step_for(X, y)
+        red = self.reducer
         n = int(X.shape[0]) if X.ndim else 1
         err, loss = None, 0.0
         # the scale of the usual case, equal batches on every rank (a mean loss: 1 / W), applied
         # as the gradients are copied; reduce() asks for another when the batches differ
         first = 1.0 / red.world.size if self._mean else 1.0
-        try:
+        try:  # recording a new batch shape can fail too: also shared with the other ranks
+            ts = self.step_for(X, y)
             loss = ts.grads_into([X._v, y._v], red.flat, first)
         except Exception as e:  # noqa: BLE001 - raised on every rank by reduce()
             err = e
