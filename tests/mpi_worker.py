@@ -112,28 +112,24 @@ def fail(scenario: str, out: str) -> None:
             yield Xv, yv
 
     loader = bg.data.DataLoader(ds, batch_size=BATCH, sampler=bg.distributed.DistributedSampler(ds, seed=0))
-    if kind == "shape":  # compiled step: rank 1's third batch has 10 features, not 64
-        step = bg.compile_step(model, bg.nn.CrossEntropyLoss(), opt, distributed=True)
-        try:
+
+    def run() -> None:
+        if kind == "shape":  # compiled step: rank 1's third batch has 10 features, not 64
+            step = bg.compile_step(model, bg.nn.CrossEntropyLoss(), opt, distributed=True)
             for k, (xb, yb) in enumerate(loader):
                 step(xb[:, :10] if world.rank == 1 and k == 2 else xb, yb)
-        except bg.distributed.DistributedError as e:
-            print(f"RANK {world.rank} CAUGHT DistributedError: {e}", flush=True)
-            with open(f"{out}.rank{world.rank}", "w") as f:
-                f.write(str(e))
-            return
-        print(f"RANK {world.rank} FINISHED", flush=True)
-        return
+        else:
+            bg.fit(model, loss_fn, opt, loader, epochs=2, distributed=True, progress=False,
+                   val_loader=BadVal() if kind == "val" else None)
+
     try:
-        bg.fit(model, loss_fn, opt, loader, epochs=2, distributed=True, progress=False,
-               val_loader=BadVal() if kind == "val" else None)
+        run()
     except bg.distributed.DistributedError as e:
         print(f"RANK {world.rank} CAUGHT DistributedError: {e}", flush=True)
         with open(f"{out}.rank{world.rank}", "w") as f:
             f.write(str(e))
         return
     print(f"RANK {world.rank} FINISHED", flush=True)
-
 
 if __name__ == "__main__":
     scenario, out = sys.argv[1], sys.argv[2]

@@ -100,6 +100,18 @@ def _n_correct(out: Any, y: Any, loss_fn: Any) -> tuple[int, int] | None:
     return None
 
 
+def _add_correct(acc: list, out: Any, y: Any, loss_fn: Any) -> None:
+    """Add one batch to the running ``acc = [correct, counted, applies]``; ``applies`` turns
+    False for good at the first batch without an accuracy (not a classification)."""
+    if acc[2]:
+        c = _n_correct(out, y, loss_fn)
+        if c is None:
+            acc[2] = False
+        else:
+            acc[0] += c[0]
+            acc[1] += c[1]
+
+
 def _scalar_loss(loss: Any) -> Tensor:
     if not isinstance(loss, Tensor) or loss.size != 1:
         shape = loss.shape if isinstance(loss, Tensor) else type(loss).__name__
@@ -324,9 +336,9 @@ def _group_grads(model: Any, loss_fn: Any, optimizer: Any, group: list, reductio
     Returns (loss sum: value x examples for "mean", examples, correct, counted, accuracy applies)."""
     sizes = [_batch_len(x, y) for x, y in group]
     total = sum(sizes)
-    group_loss, correct, counted, acc_ok = 0.0, 0, 0, want_acc
+    group_loss, acc = 0.0, [0, 0, want_acc]
     if total == 0:
-        return 0.0, 0, 0, 0, acc_ok
+        return 0.0, 0, 0, 0, want_acc
     for j, ((x, y), b) in enumerate(zip(group, sizes)):
         out = model(x)
         loss = _scalar_loss(loss_fn(out, y))
@@ -345,14 +357,8 @@ def _group_grads(model: Any, loss_fn: Any, optimizer: Any, group: list, reductio
         else:
             group_loss += value
         loss.backward()
-        if acc_ok:
-            c = _n_correct(out, y, loss_fn)
-            if c is None:
-                acc_ok = False
-            else:
-                correct += c[0]
-                counted += c[1]
-    return group_loss, total, correct, counted, acc_ok
+        _add_correct(acc, out, y, loss_fn)
+    return group_loss, total, acc[0], acc[1], acc[2]
 
 
 def _distributed_group(model: Any, loss_fn: Any, optimizer: Any, it: Any, accumulate: int, reduction: str,
@@ -451,7 +457,7 @@ def evaluate(model: Any, loader: Any, loss_fn: Any = None, device: str = "cpu",
     if hasattr(model, "eval"):
         model.eval()
     reduction = _reduction(loss_fn) if loss_fn is not None else "mean"
-    total_loss, n, correct, counted, has_acc = 0.0, 0, 0, 0, True
+    total_loss, n, acc = 0.0, 0, [0, 0, True]
     try:
         with no_grad():
             for batch in loader:
@@ -465,16 +471,11 @@ def evaluate(model: Any, loader: Any, loss_fn: Any = None, device: str = "cpu",
                     lv = np.asarray(loss_fn(out, y).numpy(), dtype=np.float64)
                     total_loss += float(lv.sum()) if reduction != "mean" else float(lv) * b
                 n += b
-                if has_acc:
-                    c = _n_correct(out, y, loss_fn)
-                    if c is None:
-                        has_acc = False
-                    else:
-                        correct += c[0]
-                        counted += c[1]
+                _add_correct(acc, out, y, loss_fn)
     finally:
         if was_training is not None and hasattr(model, "train"):
             model.train(was_training)
+    correct, counted, has_acc = acc
     if distributed:
         from .distributed import allreduce_
 
