@@ -108,7 +108,8 @@ pub struct TrainStep {
     /// (every node reading the parameter comes earlier), while that product's inputs are still in
     /// cache, instead of after the whole replay
     inline: Vec<bool>,
-    /// whether any kernel of the step is large enough to run on several threads
+    /// whether any kernel of the step runs on the rayon pool (then the replay runs on a pool
+    /// worker; see `on_pool`)
     parallel: bool,
     /// last-use tables per set of deferred (fused) nodes (a handful at most: a linear scan)
     plans: Mutex<Vec<Plan>>,
@@ -160,14 +161,17 @@ impl TrainStep {
             .collect();
         let parallel = prog.slots.iter().any(|s| {
             let numel: usize = s.shape.iter().product();
-            let k = match &s.kind {
-                SlotKind::Node { op: Op::MatMul { ta, .. }, args } => {
-                    let a = &prog.slots[args[0]].shape;
-                    a.len().checked_sub(if *ta { 2 } else { 1 }).map_or(0, |d| a[d])
-                }
-                _ => 0,
-            };
-            numel >= PAR_MIN_LEN || 2 * numel * k >= crate::kernels::gemm::PAR_MIN_FLOPS
+            if numel >= PAR_MIN_LEN {
+                return true; // maps and reductions of this size run on the rayon pool
+            }
+            let SlotKind::Node { op: Op::MatMul { ta, .. }, args } = &s.kind else { return false };
+            let a = &prog.slots[args[0]].shape;
+            let k = a.len().checked_sub(if *ta { 2 } else { 1 }).map_or(0, |d| a[d]);
+            let flops = 2 * numel * k;
+            // a single product is split by hand on the spinning team (kernels/gemm.rs), which
+            // needs no pool; stacked products and products of a GFLOP and more use the pool
+            let stacked = s.shape.len() > 2 && s.shape[..s.shape.len() - 2].iter().product::<usize>() > 1;
+            (stacked && flops >= crate::kernels::gemm::PAR_MIN_FLOPS) || flops >= 1 << 30
         });
         Ok(TrainStep { prog, params, grad_out, fusable, inline, parallel, plans: Mutex::new(Vec::new()), arena: Mutex::new(Vec::new()) })
     }
@@ -232,12 +236,16 @@ impl TrainStep {
         self.update_unfused(calls, &vec![false; self.params.len()], &grads, &shapes)
     }
 
-    /// Run `f` on a pool worker when the step has parallel kernels (see `run`).
+    /// Run `f` on a pool worker when the step has kernels that use the rayon pool (see `run`).
     fn on_pool<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
         if self.parallel && num_threads() > 1 {
-            // the whole replay on a pool worker: the pool stays awake between the step's parallel
-            // kernels instead of being woken (tens of us on a VM) for each one. B = 32 at 2
-            // threads: 350 -> 310 us. Not for steps without parallel work (batch 1: +30 us).
+            // the whole replay on a pool worker: the pool stays awake between the step's rayon
+            // kernels instead of being woken (tens of us on a VM) for each one. Not for steps
+            // whose only parallel work is single products, which the spinning team splits with
+            // the caller taking part: there the hop to a worker only cost time (MLP
+            // 784-256-256-10 at 2 threads, the same process alternating both ways, time on the
+            // pool / on the caller: batch 16 1.22-1.49, 32 1.01-1.33, 64 1.04-1.10, 128
+            // 1.03-1.05, 256 1.02-1.03, 512 1.00). Batch 1: +30 us on the pool.
             return pool().install(f);
         }
         f()
