@@ -119,6 +119,12 @@ pub fn run_blocks(blocks: usize, f: impl Fn(usize) + Sync) {
     team().run(blocks, &f)
 }
 
+/// Whether a helper of the spinning team is awake: a job started now is shared at once, without
+/// waking a parked thread.
+pub fn team_awake() -> bool {
+    team().awake()
+}
+
 /// Number of threads kernels use.
 pub fn num_threads() -> usize {
     pool().current_num_threads()

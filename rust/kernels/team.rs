@@ -152,6 +152,11 @@ impl Team {
         self.helpers.len() + 1
     }
 
+    /// Whether some helper is awake (spinning for the next job, or inside one) rather than parked.
+    pub fn awake(&self) -> bool {
+        self.shared.parked.iter().any(|p| !p.load(Relaxed))
+    }
+
     /// Run `f(i)` for every block `i < blocks`, on the caller and the helpers, and return when
     /// all are done. A panic in any block is re-raised here after every member has finished.
     pub fn run(&self, blocks: usize, f: &(dyn Fn(usize) + Sync)) {

@@ -483,6 +483,12 @@ fn fresh_allocations() -> usize {
     crate::tensor::fresh_allocations()
 }
 
+/// Eager optimizer updates run on the spinning team so far (see `tape::step::update_slices`).
+#[pyfunction]
+fn team_updates() -> usize {
+    crate::tape::step::team_updates()
+}
+
 /// Start (clearing the table) or stop per-op timing; see `bg.profile`.
 #[pyfunction]
 fn profile_enable(on: bool) {
@@ -501,6 +507,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyProgram>()?;
     m.add_class::<PyTrainStep>()?;
     m.add_function(wrap_pyfunction!(fresh_allocations, m)?)?;
+    m.add_function(wrap_pyfunction!(team_updates, m)?)?;
     m.add_function(wrap_pyfunction!(profile_enable, m)?)?;
     m.add_function(wrap_pyfunction!(profile_report, m)?)?;
     m.add_function(wrap_pyfunction!(from_numpy, m)?)?;
