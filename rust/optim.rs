@@ -97,7 +97,17 @@ struct SgdConsts {
     maximize: bool,
 }
 
+// Each rule's loop is compiled per instruction set (`simd::dispatch`: AVX-512, AVX2 or the
+// baseline, picked at run time), so it vectorises on the CPU at hand. +, *, / and sqrt are
+// correctly rounded at every width and no multiply-add is fused, so every level gives the same
+// bits (a NaN's sign bit aside). One thread, 300k parameters: SGD momentum 89 -> 43 us, Adam
+// 263 -> 130-160, AdamW 264 -> 127-139, RMSprop 180 -> 90, centered 513 -> 136-159, Adagrad 178 -> 90.
 fn sgd_kernel(p: &mut [f32], g: &[f32], buf: Option<&mut [f32]>, c: SgdConsts) {
+    crate::kernels::simd::dispatch(#[inline(always)] || sgd_kernel_body(p, g, buf, c))
+}
+
+#[inline(always)]
+fn sgd_kernel_body(p: &mut [f32], g: &[f32], buf: Option<&mut [f32]>, c: SgdConsts) {
     let n = p.len();
     let g = &g[..n];
     match buf {
@@ -194,21 +204,19 @@ struct AdamConsts {
     maximize: bool,
 }
 
-#[inline(always)]
-fn adam_pre(p: &mut f32, g: f32, m: &mut f32, v: &mut f32, c: &AdamConsts) -> f32 {
-    let g = if c.maximize { -g } else { g };
-    if let Some(f) = c.decay {
-        *p *= f;
-    }
-    let g = if c.wd != 0.0 { g + c.wd * *p } else { g };
-    let mi = lerp(*m, g, c.w1);
-    *m = mi;
-    let vi = *v * c.beta2 + c.one_minus_beta2 * g * g;
-    *v = vi;
-    vi
+fn adam_kernel(
+    p: &mut [f32],
+    g: &[f32],
+    m: &mut [f32],
+    v: &mut [f32],
+    max_v: Option<&mut [f32]>,
+    c: AdamConsts,
+) {
+    crate::kernels::simd::dispatch(#[inline(always)] || adam_kernel_body(p, g, m, v, max_v, c))
 }
 
-fn adam_kernel(
+#[inline(always)]
+fn adam_kernel_body(
     p: &mut [f32],
     g: &[f32],
     m: &mut [f32],
@@ -218,31 +226,86 @@ fn adam_kernel(
 ) {
     let n = p.len();
     let (g, m, v) = (&g[..n], &mut m[..n], &mut v[..n]);
+    // every per-call choice becomes a const parameter, so each loop is straight-line code that
+    // vectorises (with the choices as branches in the loop it ran slower than scalar code)
+    let f = (c.maximize, c.decay.is_some(), c.wd != 0.0, c.w1.abs() < 0.5);
     match max_v {
-        None => {
-            for i in 0..n {
-                let vi = adam_pre(&mut p[i], g[i], &mut m[i], &mut v[i], &c);
-                let denom = vi.sqrt() / c.bc2_sqrt + c.eps;
-                p[i] += c.neg_step_size * m[i] / denom;
-            }
+        None => adam_pick::<false>(f, p, g, m, v, &mut [], &c),
+        Some(mv) => adam_pick::<true>(f, p, g, m, v, &mut mv[..n], &c),
+    }
+}
+
+#[inline(always)]
+fn adam_pick<const AMS: bool>(f: (bool, bool, bool, bool), p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], mv: &mut [f32], c: &AdamConsts) {
+    match f {
+        (false, false, false, false) => adam_loop::<AMS, false, false, false, false>(p, g, m, v, mv, c),
+        (false, false, false, true) => adam_loop::<AMS, false, false, false, true>(p, g, m, v, mv, c),
+        (false, false, true, false) => adam_loop::<AMS, false, false, true, false>(p, g, m, v, mv, c),
+        (false, false, true, true) => adam_loop::<AMS, false, false, true, true>(p, g, m, v, mv, c),
+        (false, true, false, false) => adam_loop::<AMS, false, true, false, false>(p, g, m, v, mv, c),
+        (false, true, false, true) => adam_loop::<AMS, false, true, false, true>(p, g, m, v, mv, c),
+        (false, true, true, false) => adam_loop::<AMS, false, true, true, false>(p, g, m, v, mv, c),
+        (false, true, true, true) => adam_loop::<AMS, false, true, true, true>(p, g, m, v, mv, c),
+        (true, false, false, false) => adam_loop::<AMS, true, false, false, false>(p, g, m, v, mv, c),
+        (true, false, false, true) => adam_loop::<AMS, true, false, false, true>(p, g, m, v, mv, c),
+        (true, false, true, false) => adam_loop::<AMS, true, false, true, false>(p, g, m, v, mv, c),
+        (true, false, true, true) => adam_loop::<AMS, true, false, true, true>(p, g, m, v, mv, c),
+        (true, true, false, false) => adam_loop::<AMS, true, true, false, false>(p, g, m, v, mv, c),
+        (true, true, false, true) => adam_loop::<AMS, true, true, false, true>(p, g, m, v, mv, c),
+        (true, true, true, false) => adam_loop::<AMS, true, true, true, false>(p, g, m, v, mv, c),
+        (true, true, true, true) => adam_loop::<AMS, true, true, true, true>(p, g, m, v, mv, c),
+    }
+}
+
+/// One Adam pass with its choices fixed: `AMS` amsgrad, `MAX` maximize, `DECAY` decoupled
+/// decay (AdamW), `WD` coupled weight decay, `LO` the first branch of `lerp` (|1 - beta1| < 0.5).
+/// The same operations in the same order as `adam_pre` and the update below it always had, so
+/// results are bit-identical to the scalar loop at every SIMD level.
+#[inline(always)]
+fn adam_loop<const AMS: bool, const MAX: bool, const DECAY: bool, const WD: bool, const LO: bool>(
+    p: &mut [f32],
+    g: &[f32],
+    m: &mut [f32],
+    v: &mut [f32],
+    mv: &mut [f32],
+    c: &AdamConsts,
+) {
+    let n = p.len();
+    let (g, m, v) = (&g[..n], &mut m[..n], &mut v[..n]);
+    let mv = if AMS { &mut mv[..n] } else { mv };
+    let decay = c.decay.unwrap_or(1.0);
+    for i in 0..n {
+        let mut gi = g[i];
+        if MAX {
+            gi = -gi;
         }
-        Some(mv) => {
-            let mv = &mut mv[..n];
-            for i in 0..n {
-                let vi = adam_pre(&mut p[i], g[i], &mut m[i], &mut v[i], &c);
-                // torch.maximum: NaN-propagating max.
-                let mx = if mv[i].is_nan() || vi.is_nan() {
-                    f32::NAN
-                } else if vi > mv[i] {
-                    vi
-                } else {
-                    mv[i]
-                };
-                mv[i] = mx;
-                let denom = mx.sqrt() / c.bc2_sqrt + c.eps;
-                p[i] += c.neg_step_size * m[i] / denom;
-            }
+        if DECAY {
+            p[i] *= decay;
         }
+        if WD {
+            gi = gi + c.wd * p[i];
+        }
+        // lerp(m, g, w1)
+        let mi = if LO { m[i] + c.w1 * (gi - m[i]) } else { gi - (gi - m[i]) * (1.0 - c.w1) };
+        m[i] = mi;
+        let vi = v[i] * c.beta2 + c.one_minus_beta2 * gi * gi;
+        v[i] = vi;
+        let d = if AMS {
+            // torch.maximum: NaN-propagating max.
+            let mx = if mv[i].is_nan() || vi.is_nan() {
+                f32::NAN
+            } else if vi > mv[i] {
+                vi
+            } else {
+                mv[i]
+            };
+            mv[i] = mx;
+            mx
+        } else {
+            vi
+        };
+        let denom = d.sqrt() / c.bc2_sqrt + c.eps;
+        p[i] += c.neg_step_size * mi / denom;
     }
 }
 
@@ -336,6 +399,18 @@ fn rms_finish(p: &mut f32, g: f32, avg: f32, mom: Option<&mut f32>, c: &RmsConst
 }
 
 fn rmsprop_kernel(
+    p: &mut [f32],
+    g: &[f32],
+    sq: &mut [f32],
+    mom: Option<&mut [f32]>,
+    grad_avg: Option<&mut [f32]>,
+    c: RmsConsts,
+) {
+    crate::kernels::simd::dispatch(#[inline(always)] || rmsprop_kernel_body(p, g, sq, mom, grad_avg, c))
+}
+
+#[inline(always)]
+fn rmsprop_kernel_body(
     p: &mut [f32],
     g: &[f32],
     sq: &mut [f32],
@@ -459,6 +534,11 @@ struct AdagradConsts {
 }
 
 fn adagrad_kernel(p: &mut [f32], g: &[f32], sum: &mut [f32], c: AdagradConsts) {
+    crate::kernels::simd::dispatch(#[inline(always)] || adagrad_kernel_body(p, g, sum, c))
+}
+
+#[inline(always)]
+fn adagrad_kernel_body(p: &mut [f32], g: &[f32], sum: &mut [f32], c: AdagradConsts) {
     let n = p.len();
     let (g, sum) = (&g[..n], &mut sum[..n]);
     for i in 0..n {

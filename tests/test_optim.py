@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 import pytest
@@ -505,3 +506,35 @@ def test_clip_grad_norm_semantics():
     a.grad = np.array([np.nan, 1.0], np.float32)
     with pytest.raises(RuntimeError, match="non-finite"):
         bg.nn.utils.clip_grad_norm_(a, 1.0, error_if_nonfinite=True)
+
+
+def test_optimizer_updates_are_the_same_bits_at_every_simd_level():
+    """The update loops are compiled per instruction set (AVX-512 / AVX2 / baseline, picked at
+    run time); every level must give the same bits (BATCHGRAD_NO_SIMD forces the baseline)."""
+    import subprocess
+    import sys
+
+    code = r'''
+import numpy as np, batchgrad as bg, sys
+r = np.random.default_rng(0)
+mk = [lambda p: bg.optim.SGD(p, lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-3),
+      lambda p: bg.optim.SGD(p, lr=0.05, momentum=0.9, dampening=0.1, maximize=True),
+      lambda p: bg.optim.Adam(p, lr=1e-3), lambda p: bg.optim.AdamW(p, lr=1e-3, weight_decay=0.1),
+      lambda p: bg.optim.Adam(p, lr=1e-3, betas=(0.3, 0.999), amsgrad=True, weight_decay=0.01, maximize=True),
+      lambda p: bg.optim.RMSprop(p, lr=1e-3, centered=True, momentum=0.5, weight_decay=0.01),
+      lambda p: bg.optim.Adagrad(p, lr=0.1, lr_decay=0.01, weight_decay=0.01)]
+out = []
+for f in mk:
+    p = bg.tensor(r.normal(size=(1001,)).astype(np.float32), requires_grad=True)
+    o = f([p])
+    for i in range(4):
+        p.grad = bg.tensor(r.normal(size=(1001,)).astype(np.float32) * 10.0 ** (i - 2))
+        o.step()
+    out.append(p.numpy())
+sys.stdout.write(np.concatenate(out).tobytes().hex())
+'''
+    env = {k: v for k, v in os.environ.items() if k != "BATCHGRAD_NO_SIMD"}
+    fast = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    base = subprocess.run([sys.executable, "-c", code], env=dict(env, BATCHGRAD_NO_SIMD="1"), capture_output=True,
+                          text=True, check=True).stdout
+    assert len(fast) > 1000 and fast == base
