@@ -59,12 +59,15 @@ def train(scenario: str, out: str) -> None:
             h = bg.fit(model, loss_fn, opt, loader, epochs=1, distributed=True, progress=False)
             extra["loss"] = np.array(h.loss)
     elif "compiled" in rest:
-        step = bg.compile_step(model, loss_fn, opt, distributed=True)
+        # -buckets: the all-reduce in buckets of 1 KiB (2 here), the first sent during the backward
+        step = bg.compile_step(model, loss_fn, opt, distributed=True, bucket_mb=2**-10 if "buckets" in rest else 0)
         losses = []
         for epoch in range(2):
             loader.set_epoch(epoch)
             losses += [float(step(xb, yb)) for xb, yb in loader]
         extra["loss"] = np.array(losses)
+        extra["buckets"] = np.array(len(step.reducer.buckets))
+        extra["early_sends"] = np.array(step.reducer.early_sends)
     else:
         acc = 2 if "acc2" in rest else 1
         ckpt = os.path.join(os.path.dirname(out), "ckpt.safetensors")
@@ -81,7 +84,7 @@ def train(scenario: str, out: str) -> None:
 
 
 def fail(scenario: str, out: str) -> None:
-    """fail-raise / fail-nan / fail-kill / fail-hang / fail-val / fail-shape: rank 1 misbehaves."""
+    """fail-raise / fail-nan / fail-kill / fail-hang / fail-val / fail-shape / fail-shapeb: rank 1 misbehaves."""
     world = bg.distributed.init(timeout=float(os.environ.get("WORKER_TIMEOUT", "300")))
     X, y, Xv, yv = data()
     ds = bg.data.ArrayDataset(X, y)
@@ -114,8 +117,10 @@ def fail(scenario: str, out: str) -> None:
     loader = bg.data.DataLoader(ds, batch_size=BATCH, sampler=bg.distributed.DistributedSampler(ds, seed=0))
 
     def run() -> None:
-        if kind == "shape":  # compiled step: rank 1's third batch has 10 features, not 64
-            step = bg.compile_step(model, bg.nn.CrossEntropyLoss(), opt, distributed=True)
+        if kind in ("shape", "shapeb"):  # compiled step: rank 1's third batch has 10 features, not 64
+            # shapeb: with buckets, rank 0 has sent its first bucket during the backward
+            step = bg.compile_step(model, bg.nn.CrossEntropyLoss(), opt, distributed=True,
+                                   bucket_mb=2**-10 if kind == "shapeb" else 0)
             for k, (xb, yb) in enumerate(loader):
                 step(xb[:, :10] if world.rank == 1 and k == 2 else xb, yb)
         else:

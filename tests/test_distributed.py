@@ -125,6 +125,48 @@ def test_compiled_step_distributed_equals_one_process(tmp_path, opt_name):
     np.testing.assert_allclose(got["loss"], losses, rtol=1e-5)
 
 
+def test_bucketed_all_reduce_overlaps_the_backward_and_changes_no_bit(tmp_path):
+    """compile_step(..., bucket_mb=...): the last layer's gradients are all-reduced by a
+    communication thread while the backward computes the first layer's; the parameters and
+    losses are the same bits as with one all-reduce per step."""
+    res = {}
+    for name in ("compiled", "compiled-buckets"):
+        out = tmp_path / f"{name}.npz"
+        r = mpirun(2, f"train-momentum-{name}", out)
+        assert r.returncode == 0, r.stdout + r.stderr
+        res[name] = np.load(out)
+    one, two = res["compiled"], res["compiled-buckets"]
+    assert int(one["buckets"]) == 1 and int(one["early_sends"]) == 0
+    steps = len(two["loss"])
+    assert int(two["buckets"]) == 2
+    assert int(two["early_sends"]) == steps  # every step sent its first bucket from inside the backward
+    assert bool(two["same_on_all_ranks"])
+    for k in one.files:
+        if k.startswith("param.") or k == "loss":
+            assert one[k].tobytes() == two[k].tobytes(), k
+
+
+def test_reducer_buckets_and_arguments():
+    shapes = [(4, 3), (3,), (3, 5), (5,)]  # 48, 12, 60, 20 bytes
+    assert bg.distributed.GradientReducer(shapes).buckets == [(0, 4)]
+    assert bg.distributed.GradientReducer(shapes, bucket_bytes=64).buckets == [(2, 4), (0, 2)]
+    assert bg.distributed.GradientReducer(shapes, bucket_bytes=1).buckets == [(3, 4), (2, 3), (1, 2), (0, 1)]
+    red = bg.distributed.GradientReducer(shapes, n_stats=1, bucket_bytes=64)
+    for i in (3, 2, 1, 0):  # a 1-process world: ready() only keeps count
+        red.ready(i)
+    assert red.early_sends == 1
+    with pytest.raises(ValueError, match="bucket_bytes"):
+        bg.distributed.GradientReducer(shapes, bucket_bytes=-1)
+    m = bg.nn.MLP([4, 3], seed=0)
+    for bad in (-1, float("nan"), float("inf"), "1", True):
+        with pytest.raises(ValueError, match="bucket_mb"):
+            bg.compile_step(m, bg.nn.CrossEntropyLoss(), bg.optim.SGD(m.parameters(), lr=0.1), distributed=True,
+                            bucket_mb=bad)
+    with pytest.raises(ValueError, match="distributed=True only"):
+        bg.compile_step(m, bg.nn.CrossEntropyLoss(), bg.optim.SGD(m.parameters(), lr=0.1), bucket_mb=1)
+    assert not bg.distributed.spans_nodes()
+
+
 @pytest.mark.parametrize("compiled", [False, True])
 def test_unequal_batches_are_weighted_by_their_examples(tmp_path, compiled):
     """Rank 0 has 8 examples per step, rank 1 has 4: the step is still that of all 12 (each
@@ -146,7 +188,7 @@ def _wait_all(res: subprocess.CompletedProcess) -> str:
     return res.stdout + res.stderr
 
 
-@pytest.mark.parametrize("kind", ["raise", "nan", "shape"])
+@pytest.mark.parametrize("kind", ["raise", "nan", "shape", "shapeb"])
 def test_an_exception_on_one_rank_is_raised_on_every_rank(tmp_path, kind):
     out = tmp_path / "f"
     t0 = time.perf_counter()
@@ -160,7 +202,7 @@ def test_an_exception_on_one_rank_is_raised_on_every_rank(tmp_path, kind):
         assert "1 of 2 ranks failed at optimizer step" in msg
         assert "rank 1: " + {"raise": "ValueError: rank one's loss exploded on purpose",
                              "nan": "FloatingPointError: loss is nan",
-                             "shape": "ValueError: "}[kind] in msg
+                             "shape": "ValueError: ", "shapeb": "ValueError: "}[kind] in msg
     assert "FINISHED" not in text
 
 

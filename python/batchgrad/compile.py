@@ -46,11 +46,18 @@ class CompiledStep:
     program per batch shape and replayed, update included, by one Rust call."""
 
     def __init__(self, model: Any, loss_fn: Callable[[Tensor, Tensor], Tensor], optimizer: Any, device: str = "cpu",
-                 distributed: bool = False) -> None:
+                 distributed: bool = False, bucket_mb: float | None = None) -> None:
         if device not in ("cpu", "gpu"):
             raise ValueError(f"compile_step: device must be 'cpu' or 'gpu', got {device!r}")
         if distributed and device != "cpu":
             raise ValueError("compile_step: distributed=True runs on the CPU (device='cpu')")
+        if bucket_mb is not None:
+            if not distributed:
+                raise ValueError("compile_step: bucket_mb applies to distributed=True only")
+            if isinstance(bucket_mb, bool) or not isinstance(bucket_mb, (int, float)) or not bucket_mb >= 0 \
+                    or bucket_mb == float("inf"):
+                raise ValueError(f"compile_step: bucket_mb must be a finite number >= 0 (0: one all-reduce per step), "
+                                 f"got {bucket_mb!r}")
         self.model, self.loss_fn, self.optimizer, self.device = model, loss_fn, optimizer, device
         self.params = [p for g in optimizer.param_groups for p in g["params"]]
         self._index = {id(p): i for i, p in enumerate(self.params)}
@@ -58,13 +65,16 @@ class CompiledStep:
         self.gpu = None
         self.reducer = None
         if distributed:
-            from .distributed import GradientReducer, broadcast_parameters, get_world
+            from .distributed import GradientReducer, broadcast_parameters, get_world, spans_nodes
             from .train import _reduction
 
             world = get_world()
             if world.size > 1:
                 broadcast_parameters(self.params, world=world)
-                self.reducer = GradientReducer([p.shape for p in self.params], n_stats=1, world=world)
+                if bucket_mb is None:  # overlap only where the all-reduce crosses a network
+                    bucket_mb = 1.0 if spans_nodes(world) else 0.0
+                self.reducer = GradientReducer([p.shape for p in self.params], n_stats=1, world=world,
+                                               bucket_bytes=int(bucket_mb * 2**20))
                 self._mean = _reduction(loss_fn) == "mean"
         if device == "gpu":
             from .gpu.step import GpuStep
@@ -134,9 +144,10 @@ class CompiledStep:
         # the scale of the usual case, equal batches on every rank (a mean loss: 1 / W), applied
         # as the gradients are copied; reduce() asks for another when the batches differ
         first = 1.0 / red.world.size if self._mean else 1.0
+        ready = red.ready if len(red.buckets) > 1 else None  # buckets sent as the backward finishes them
         try:  # recording a new batch shape can fail too: also shared with the other ranks
             ts = self.step_for(X, y)
-            loss = ts.grads_into([X._v, y._v], red.flat, first)
+            loss = ts.grads_into([X._v, y._v], red.flat, first, ready)
         except Exception as e:  # noqa: BLE001 - raised on every rank by reduce()
             err = e
 
@@ -160,7 +171,7 @@ class CompiledStep:
 
 
 def compile_step(model: Any, loss_fn: Callable[[Tensor, Tensor], Tensor], optimizer: Any, example_batch: tuple | None = None, device: str = "cpu",
-                 distributed: bool = False) -> CompiledStep:
+                 distributed: bool = False, bucket_mb: float | None = None) -> CompiledStep:
     """Record forward + backward of one training step as a flat program (once per batch shape) and
     return a callable `step(X, y) -> loss` that replays it and applies `optimizer`'s update in
     one Rust call.
@@ -177,8 +188,16 @@ def compile_step(model: Any, loss_fn: Callable[[Tensor, Tensor], Tensor], optimi
     each rank's batch size), then applies the update from it, so every rank takes the step of
     the union of all ranks' batches; it returns that union's loss. No matmul epilogue fusion
     (the update needs the summed gradient).
+
+    ``bucket_mb`` (distributed only) overlaps the all-reduce with the backward: the gradients are
+    cut, from the last parameter back, into buckets of about that many MiB, and each bucket is
+    all-reduced by a communication thread as soon as the backward has finished it. ``0`` sends
+    one all-reduce per step after the backward. The default (None) is 1 MiB buckets when the
+    ranks span several machines and one all-reduce when they share one (there the all-reduce is
+    a copy through shared memory that needs the cores the backward is using). The results are
+    the same bits either way.
     """
-    step = CompiledStep(model, loss_fn, optimizer, device, distributed)
+    step = CompiledStep(model, loss_fn, optimizer, device, distributed, bucket_mb)
     if example_batch is not None:
         X, y = example_batch
         step.step_for(as_tensor(X), _labels(y))

@@ -32,7 +32,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -41,7 +41,7 @@ from . import _core
 
 __all__ = [
     "World", "DistributedError", "init", "get_world", "is_initialized", "launched_by_mpi", "allreduce_", "allgather",
-    "broadcast_", "broadcast_parameters", "barrier", "abort", "DistributedSampler", "GradientReducer",
+    "broadcast_", "broadcast_parameters", "barrier", "abort", "DistributedSampler", "GradientReducer", "spans_nodes",
 ]
 
 DEFAULT_TIMEOUT = 300.0
@@ -68,6 +68,7 @@ class World:
     size: int
     comm: Any = None
     timeout: float = DEFAULT_TIMEOUT
+    _spans_nodes: bool | None = field(default=None, repr=False, compare=False)
 
     @property
     def is_root(self) -> bool:
@@ -255,6 +256,21 @@ def allgather(obj: Any, world: World | None = None, what: str = "all-gather") ->
     return [pickle.loads(out[offs[r]: offs[r + 1]].tobytes()) for r in range(w.size)]
 
 
+def spans_nodes(world: World | None = None) -> bool:
+    """Whether the ranks run on more than one machine (shared-memory node); False in a
+    1-process world. A collective the first time (cached per world)."""
+    w = world or get_world()
+    if w.comm is None or w.size == 1:
+        return False
+    if w._spans_nodes is None:
+        node = w.comm.Split_type(_mpi().COMM_TYPE_SHARED)
+        local = np.array([node.Get_size()], np.int64)
+        node.Free()
+        allreduce_(local, "min", w, "node size")
+        object.__setattr__(w, "_spans_nodes", bool(local[0] < w.size))  # a cache on the frozen World
+    return w._spans_nodes
+
+
 def barrier(world: World | None = None) -> None:
     """Wait until every rank gets here (under the time-out)."""
     w = world or get_world()
@@ -291,14 +307,15 @@ def _assign(params: list[Any], flat: np.ndarray) -> None:
 
 
 class GradientReducer:
-    """Sums the gradients of all ranks in ONE all-reduce of one flat float32 buffer per optimizer
-    step, weighted by each rank's examples, and shares failures.
+    """Sums the gradients of all ranks in one all-reduce of one flat float32 buffer per optimizer
+    step (or a few, with buckets: see below), weighted by each rank's examples, and shares failures.
 
-    Each step every rank calls :meth:`reduce` once. The buffer holds the rank's gradient scaled
-    by ``1 / W`` (a ``"mean"`` loss: each rank's gradient is the mean over its examples, the
-    step's is the mean over all of them) or 1 (``"sum"``), then ``stats`` (sums such as the loss
-    and correct predictions), one slot per rank holding its example count + 1 (0: its loader is
-    exhausted) and a failure flag. After the all-reduce every rank knows every count, so:
+    Each step every rank calls :meth:`reduce` once. The buffer holds first the step's metadata:
+    ``stats`` (sums such as the loss and correct predictions), one slot per rank holding its
+    example count + 1 (0: its loader is exhausted) and a failure flag; then the rank's gradient
+    scaled by ``1 / W`` (a ``"mean"`` loss: each rank's gradient is the mean over its examples,
+    the step's is the mean over all of them) or 1 (``"sum"``). After the all-reduce every rank
+    knows every count, so:
 
     * all ranks exhausted: the epoch is over (``reduce`` returns None);
     * some exhausted: every rank raises the same :class:`DistributedError` naming them;
@@ -310,31 +327,69 @@ class GradientReducer:
 
     All before any parameter changes. With equal counts on a power-of-two number of ranks the
     scale is a power of two, so the sum equals one process's up to the order of one addition.
+
+    **Buckets** (``bucket_bytes > 0``): the parameters are cut, from the last one back, into
+    contiguous buckets of about that size. When the backward calls :meth:`ready` for each
+    parameter whose gradient is in :attr:`flat` (``TrainStep.grads_into(..., ready=...)`` does),
+    each finished bucket is all-reduced at once by a communication thread while the backward goes
+    on, in bucket order on every rank (a bucket waits for the ones before it). The last bucket,
+    which holds the first parameters and the metadata, is reduced by :meth:`reduce` itself once
+    the step's outcome is known; a rank that failed first sends zeros for the buckets it had not
+    sent, so every rank makes the same collectives in the same order. Each element is summed
+    over the ranks as without buckets, so the results are the same bits.
     """
 
-    def __init__(self, shapes: list[tuple[int, ...]], n_stats: int = 0, world: World | None = None) -> None:
+    def __init__(self, shapes: list[tuple[int, ...]], n_stats: int = 0, world: World | None = None,
+                 bucket_bytes: int = 0) -> None:
         self.world = world or get_world()
         self.shapes = [tuple(int(d) for d in s) for s in shapes]
         self.numels = [int(np.prod(s, dtype=np.int64)) for s in self.shapes]
         self.offsets = np.concatenate([[0], np.cumsum(self.numels, dtype=np.int64)]).astype(np.int64)
         self.size = int(self.offsets[-1])
         self.n_stats = int(n_stats)
-        self.buf = np.zeros(self.size + self.n_stats + self.world.size + 1, np.float32)
+        self.n_meta = self.n_stats + self.world.size + 1
+        self.buf = np.zeros(self.n_meta + self.size, np.float32)
         self.step = 0
+        # buckets in launch order: (first parameter, end parameter), the last parameters first;
+        # the final bucket starts at parameter 0 and is sent with the metadata
+        bucket_bytes = int(bucket_bytes)
+        if bucket_bytes < 0:
+            raise ValueError(f"GradientReducer: bucket_bytes must be >= 0, got {bucket_bytes}")
+        self.buckets: list[tuple[int, int]] = []
+        hi, acc = len(self.shapes), 0
+        for k in range(len(self.shapes) - 1, 0, -1):
+            acc += 4 * self.numels[k]
+            if bucket_bytes and acc >= bucket_bytes:
+                self.buckets.append((k, hi))
+                hi, acc = k, 0
+        self.buckets.append((0, hi))
+        self._bucket_of = [next(b for b, (lo, h) in enumerate(self.buckets) if lo <= i < h) for i in range(len(self.shapes))]
+        self._pending: list[int] = []
+        self._sent = 0
+        self._queue: Any = None
+        self._comm_error: BaseException | None = None
+        self.early_sends = 0  # buckets sent from ready(), i.e. while the backward was running
+        self.begin()
+
+    @property
+    def meta(self) -> np.ndarray:
+        """The metadata part of the buffer (stats, per-rank counts, failure flag)."""
+        return self.buf[: self.n_meta]
 
     @property
     def flat(self) -> np.ndarray:
-        """The gradient part of the buffer (``size`` floats)."""
-        return self.buf[: self.size]
+        """The gradient part of the buffer (``size`` floats, in parameter order)."""
+        return self.buf[self.n_meta:]
 
     @property
     def grads(self) -> list[np.ndarray]:
         """The reduced gradients, views into the buffer, in parameter order."""
-        return [self.buf[a:b].reshape(s) for a, b, s in zip(self.offsets[:-1], self.offsets[1:], self.shapes)]
+        f = self.flat
+        return [f[a:b].reshape(s) for a, b, s in zip(self.offsets[:-1], self.offsets[1:], self.shapes)]
 
     def pack(self, grads: list[np.ndarray | None], scale: float) -> None:
         """Write ``grads`` (None: a parameter without gradient, zeros) times ``scale`` into :attr:`flat`."""
-        buf = self.buf
+        buf = self.flat
         for g, a, b in zip(grads, self.offsets[:-1], self.offsets[1:]):
             if g is None:
                 buf[a:b] = 0.0
@@ -342,6 +397,57 @@ class GradientReducer:
                 buf[a:b] = np.asarray(g, np.float32).reshape(-1)
             else:
                 np.multiply(np.asarray(g, np.float32).reshape(-1), np.float32(scale), out=buf[a:b])
+
+    def begin(self) -> None:
+        """Start a step: no parameter's gradient is in :attr:`flat` yet, no bucket sent."""
+        self._pending = [hi - lo for lo, hi in self.buckets]
+        self._sent = 0
+
+    def ready(self, i: int) -> None:
+        """Parameter ``i``'s gradient is in :attr:`flat`: send every bucket now complete whose
+        predecessors are sent (never the final one, which :meth:`reduce` sends)."""
+        self._pending[self._bucket_of[i]] -= 1
+        while self._sent < len(self.buckets) - 1 and self._pending[self._sent] == 0:
+            self._send(self._sent)
+            self._sent += 1
+            self.early_sends += 1
+
+    def _span(self, b: int) -> tuple[int, int]:
+        lo, hi = self.buckets[b]
+        return self.n_meta + int(self.offsets[lo]), self.n_meta + int(self.offsets[hi])
+
+    def _send(self, b: int) -> None:
+        if self.world.size == 1:
+            return
+        if self._queue is None:
+            import queue
+            import threading
+
+            self._queue = queue.Queue()
+            threading.Thread(target=self._comm_loop, name="batchgrad-mpi-buckets", daemon=True).start()
+        a, e = self._span(b)
+        self._queue.put((a, e, f"gradient all-reduce (step {self.step + 1}, bucket {b + 1} of {len(self.buckets)})"))
+
+    def _comm_loop(self) -> None:
+        while True:
+            a, e, what = self._queue.get()
+            try:
+                allreduce_(self.buf[a:e], "sum", self.world, what)
+            except BaseException as err:  # noqa: BLE001 - raised by reduce() on the main thread
+                self._comm_error = err
+            finally:
+                self._queue.task_done()
+
+    def _finish_buckets(self) -> None:
+        """Send the buckets not sent yet (all but the final one) and wait for all of them."""
+        while self._sent < len(self.buckets) - 1:
+            self._send(self._sent)
+            self._sent += 1
+        if self._queue is not None:
+            self._queue.join()
+        if self._comm_error is not None:
+            err, self._comm_error = self._comm_error, None
+            raise err
 
     def reduce(self, fill: Any, n: int, mean: bool, stats: list[float] | None = None,
                error: BaseException | None = None, has_batch: bool = True) -> tuple[np.ndarray, int] | None:
@@ -352,18 +458,25 @@ class GradientReducer:
         w, buf = self.world, self.buf
         W, self.step = w.size, self.step + 1
         ok = error is None and has_batch
-        if ok:
-            fill(1.0 / W if mean else 1.0, False)
-        else:
-            buf[: self.size] = 0.0
-        meta = buf[self.size:]
-        meta[:] = 0.0
-        if stats is not None:
-            meta[: self.n_stats] = np.asarray(stats, np.float32)
-        counts = meta[self.n_stats: self.n_stats + W]
-        counts[w.rank] = n + 1 if (has_batch or error is not None) else 0
-        meta[-1] = 1.0 if error is not None else 0.0
-        allreduce_(buf, "sum", w, f"gradient all-reduce (step {self.step})")
+        try:
+            if ok:
+                fill(1.0 / W if mean else 1.0, False)
+            else:  # zeros in every bucket not sent yet (those sent carried partial sums: the step fails anyway)
+                for b in range(self._sent, len(self.buckets)):
+                    a, e = self._span(b)
+                    buf[a:e] = 0.0
+            self._finish_buckets()
+            meta = self.meta
+            meta[:] = 0.0
+            if stats is not None:
+                meta[: self.n_stats] = np.asarray(stats, np.float32)
+            counts = meta[self.n_stats: self.n_stats + W]
+            counts[w.rank] = n + 1 if (has_batch or error is not None) else 0
+            meta[-1] = 1.0 if error is not None else 0.0
+            a, e = self._span(len(self.buckets) - 1)
+            allreduce_(buf[:e], "sum", w, f"gradient all-reduce (step {self.step})")
+        finally:
+            self.begin()
         if meta[-1] > 0:
             self._raise(error)
         st = meta[: self.n_stats].astype(np.float64)

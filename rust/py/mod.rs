@@ -452,13 +452,35 @@ impl PyTrainStep {
     /// `flat` (a writeable C-contiguous float32 1-D array with as many elements as the
     /// parameters in all); returns the loss. `update_from` then applies the update: the two
     /// halves of `run`, for an all-reduce of `flat` in between (data-parallel training). The
-    /// gradients are multiplied by `scale` as they are copied.
-    #[pyo3(signature = (inputs, flat, scale = 1.0))]
-    fn grads_into(&self, py: Python<'_>, inputs: Vec<PyRef<PyVar>>, mut flat: PyReadwriteArray1<'_, f32>, scale: f32) -> PyResult<f32> {
+    /// gradients are multiplied by `scale` as they are copied. With `ready`, a callable, each
+    /// gradient is copied as soon as the backward has computed it and `ready(i)` is called (with
+    /// the GIL) right after parameter i's gradient is in `flat`: an all-reduce of the finished
+    /// part can start while the backward goes on. An exception in `ready` stops the replay and
+    /// is raised here.
+    #[pyo3(signature = (inputs, flat, scale = 1.0, ready = None))]
+    fn grads_into(&self, py: Python<'_>, inputs: Vec<PyRef<PyVar>>, mut flat: PyReadwriteArray1<'_, f32>, scale: f32, ready: Option<Py<PyAny>>) -> PyResult<f32> {
         let ins: Vec<Tensor> = inputs.iter().map(|v| v.0.value()).collect();
         let strides = flat.strides().to_vec();
         let flat = flat.as_slice_mut().map_err(|_| PyValueError::new_err(format!("TrainStep.grads_into: flat must be a C-contiguous float32 array, got strides {strides:?}")))?;
-        Ok(py.detach(|| self.0.grads_into(&ins, flat, scale))?)
+        let Some(ready) = ready else {
+            return Ok(py.detach(|| self.0.grads_into(&ins, flat, scale, None))?);
+        };
+        let raised: std::sync::Mutex<Option<PyErr>> = std::sync::Mutex::new(None);
+        let mut cb = |i: usize| -> crate::error::Result<()> {
+            Python::attach(|py| match ready.call1(py, (i,)) {
+                Ok(_) => Ok(()),
+                Err(e) => {
+                    let msg = e.to_string();
+                    *raised.lock().unwrap() = Some(e);
+                    crate::bail!(Value, "TrainStep.grads_into: ready({i}) raised {msg}")
+                }
+            })
+        };
+        let out = py.detach(|| self.0.grads_into(&ins, flat, scale, Some(&mut cb)));
+        if let Some(e) = raised.lock().unwrap().take() {
+            return Err(e);
+        }
+        Ok(out?)
     }
     /// Apply every optimizer call (as `run` does, never fused) with the gradients read from
     /// `flat` (float32, contiguous, the layout `grads_into` writes).

@@ -141,7 +141,7 @@ impl Program {
     /// Replay on the CPU executor: each node calls its op's forward kernel; buffers are freed
     /// after their last reader.
     pub fn run(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>> {
-        let vals = self.run_slots(inputs, &self.last_use, &[], &mut |_, _| Ok(()))?;
+        let vals = self.run_slots(inputs, &self.last_use, &[], &mut |_, _| Ok(()), None)?;
         Ok(self.outputs.iter().map(|&o| vals[o].clone().unwrap()).collect())
     }
 
@@ -156,6 +156,7 @@ impl Program {
         last_use: &[usize],
         skip: &[bool],
         at_skip: &mut dyn FnMut(usize, &mut [Option<Tensor>]) -> Result<()>,
+        mut computed: Option<&mut dyn FnMut(usize, &Tensor) -> Result<()>>,
     ) -> Result<Vec<Option<Tensor>>> {
         if inputs.len() != self.num_inputs() {
             bail!(Value, "program expects {} inputs, got {}", self.num_inputs(), inputs.len());
@@ -193,6 +194,9 @@ impl Program {
                         if last_use[a] == i {
                             vals[a] = None;
                         }
+                    }
+                    if let Some(f) = computed.as_mut() {
+                        f(i, &out)?;
                     }
                     out
                 }

@@ -288,22 +288,55 @@ impl TrainStep {
     /// parameter order, contiguously into `flat` (its length: the parameters' elements in all);
     /// returns the loss. With `update_from`, the two halves of `run` for data-parallel training
     /// (the gradients are all-reduced in between). Each gradient is multiplied by `scale` while
-    /// it is copied (a rank's weight in the all-reduced sum; 1 copies it unchanged).
-    pub fn grads_into(&self, inputs: &[Tensor], flat: &mut [f32], scale: f32) -> Result<f32> {
+    /// it is copied (a rank's weight in the all-reduced sum; 1 copies it unchanged). With
+    /// `ready`, each gradient is copied as soon as the node computing it has run, and `ready(i)`
+    /// is called right after parameter i's gradient is in `flat` (so an all-reduce of finished
+    /// parts can start while the backward goes on); gradients that are no node's result follow
+    /// at the end.
+    pub fn grads_into(&self, inputs: &[Tensor], flat: &mut [f32], scale: f32, ready: Option<&mut (dyn FnMut(usize) -> Result<()> + Send)>) -> Result<f32> {
         let offsets = self.flat_offsets("grads_into", flat.len())?;
-        self.on_pool(|| {
+        // program slot -> the parameters whose gradient it holds
+        let mut of_slot: std::collections::HashMap<usize, Vec<usize>> = std::collections::HashMap::new();
+        for i in 0..self.params.len() {
+            of_slot.entry(self.prog.outputs[self.grad_out[i]]).or_default().push(i);
+        }
+        self.on_pool(move || {
             let no = vec![false; self.prog.slots.len()];
-            self.replay(inputs, &no, &no, &[], |loss, vals| {
-                for (i, p) in self.params.iter().enumerate() {
-                    let g = vals[self.prog.outputs[self.grad_out[i]]].as_ref().expect("program output missing");
-                    if g.shape != p.shape() {
-                        bail!(Shape, "compiled step: gradient {i} has shape {:?}, its parameter {:?}", g.shape, p.shape());
+            // the flat buffer, which gradients are in it, and the callback, shared by the per-node
+            // hook (gradients copied as soon as they are final) and the end of the replay
+            let state = std::cell::RefCell::new((flat, vec![false; self.params.len()], ready));
+            let put = |i: usize, g: &Tensor| -> Result<()> {
+                let mut st = state.borrow_mut();
+                let (flat, done, ready) = &mut *st;
+                let p = &self.params[i];
+                if g.shape != p.shape() {
+                    bail!(Shape, "compiled step: gradient {i} has shape {:?}, its parameter {:?}", g.shape, p.shape());
+                }
+                let dst = &mut flat[offsets[i]..offsets[i + 1]];
+                if scale == 1.0 {
+                    dst.copy_from_slice(g.data());
+                } else {
+                    dst.iter_mut().zip(g.data()).for_each(|(d, &v)| *d = v * scale);
+                }
+                done[i] = true;
+                match ready {
+                    Some(cb) => cb(i),
+                    None => Ok(()),
+                }
+            };
+            let mut computed = |slot: usize, t: &Tensor| -> Result<()> {
+                if let Some(ps) = of_slot.get(&slot) {
+                    for &i in ps {
+                        put(i, t)?;
                     }
-                    let dst = &mut flat[offsets[i]..offsets[i + 1]];
-                    if scale == 1.0 {
-                        dst.copy_from_slice(g.data());
-                    } else {
-                        dst.iter_mut().zip(g.data()).for_each(|(d, &v)| *d = v * scale);
+                }
+                Ok(())
+            };
+            let hook: Option<&mut dyn FnMut(usize, &Tensor) -> Result<()>> = if state.borrow().2.is_some() { Some(&mut computed) } else { None };
+            self.replay(inputs, &no, &no, &[], hook, |loss, vals| {
+                for i in 0..self.params.len() {
+                    if !state.borrow().1[i] {
+                        put(i, vals[self.prog.outputs[self.grad_out[i]]].as_ref().expect("program output missing"))?;
                     }
                 }
                 Ok(loss)
@@ -410,6 +443,7 @@ impl TrainStep {
         skip: &[bool],
         deferred: &[bool],
         at_node: &[(usize, usize, f32)],
+        computed: Option<&mut dyn FnMut(usize, &Tensor) -> Result<()>>,
         finish: impl FnOnce(f32, &[Option<Tensor>]) -> Result<R>,
     ) -> Result<R> {
         let last_use = {
@@ -431,7 +465,7 @@ impl TrainStep {
                     None => Ok(()),
                 }
             };
-            let vals = self.prog.run_slots(inputs, &last_use, skip, &mut inline_update)?;
+            let vals = self.prog.run_slots(inputs, &last_use, skip, &mut inline_update, computed)?;
             let loss = vals[self.prog.outputs[0]].as_ref().expect("program output missing");
             if loss.data().len() != 1 {
                 bail!(Shape, "compiled step: the loss must be a scalar, got shape {:?}", loss.shape);
@@ -468,7 +502,7 @@ impl TrainStep {
                 }
             }
         }
-        self.replay(inputs, &skip, &deferred, &at_node, |loss, vals| {
+        self.replay(inputs, &skip, &deferred, &at_node, None, |loss, vals| {
             let (mut grads, mut shapes): (Vec<&[f32]>, Vec<&[usize]>) = (Vec::new(), Vec::new());
             for i in 0..self.params.len() {
                 let g = if fused[i] { None } else { Some(vals[self.prog.outputs[self.grad_out[i]]].as_ref().expect("program output missing")) };
