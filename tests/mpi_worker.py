@@ -84,7 +84,7 @@ def train(scenario: str, out: str) -> None:
 
 
 def fail(scenario: str, out: str) -> None:
-    """fail-raise / fail-nan / fail-kill / fail-hang / fail-val / fail-shape / fail-shapeb: rank 1 misbehaves."""
+    """fail-raise / fail-nan / fail-kill / fail-hang / fail-val / fail-shape / fail-shapeb / fail-midb: rank 1 misbehaves."""
     world = bg.distributed.init(timeout=float(os.environ.get("WORKER_TIMEOUT", "300")))
     X, y, Xv, yv = data()
     ds = bg.data.ArrayDataset(X, y)
@@ -117,12 +117,22 @@ def fail(scenario: str, out: str) -> None:
     loader = bg.data.DataLoader(ds, batch_size=BATCH, sampler=bg.distributed.DistributedSampler(ds, seed=0))
 
     def run() -> None:
-        if kind in ("shape", "shapeb"):  # compiled step: rank 1's third batch has 10 features, not 64
-            # shapeb: with buckets, rank 0 has sent its first bucket during the backward
+        if kind in ("shape", "shapeb", "midb"):  # compiled step: rank 1's third batch has 10 features, not 64
+            # shapeb: with buckets, rank 0 has sent its first bucket during the backward;
+            # midb: rank 1 fails in the middle of its third backward, after sending its first bucket
             step = bg.compile_step(model, bg.nn.CrossEntropyLoss(), opt, distributed=True,
-                                   bucket_mb=2**-10 if kind == "shapeb" else 0)
+                                   bucket_mb=0 if kind == "shape" else 2**-10)
+            red, ready = step.reducer, step.reducer.ready
+
+            def failing_ready(i: int) -> None:
+                ready(i)
+                if world.rank == 1 and red.step == 2 and red.early_sends == 3:
+                    raise MemoryError("rank one ran out of memory in its backward")
+
+            if kind == "midb":
+                red.ready = failing_ready
             for k, (xb, yb) in enumerate(loader):
-                step(xb[:, :10] if world.rank == 1 and k == 2 else xb, yb)
+                step(xb[:, :10] if kind != "midb" and world.rank == 1 and k == 2 else xb, yb)
         else:
             bg.fit(model, loss_fn, opt, loader, epochs=2, distributed=True, progress=False,
                    val_loader=BadVal() if kind == "val" else None)

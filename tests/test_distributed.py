@@ -188,7 +188,7 @@ def _wait_all(res: subprocess.CompletedProcess) -> str:
     return res.stdout + res.stderr
 
 
-@pytest.mark.parametrize("kind", ["raise", "nan", "shape", "shapeb"])
+@pytest.mark.parametrize("kind", ["raise", "nan", "shape", "shapeb", "midb"])
 def test_an_exception_on_one_rank_is_raised_on_every_rank(tmp_path, kind):
     out = tmp_path / "f"
     t0 = time.perf_counter()
@@ -202,7 +202,8 @@ def test_an_exception_on_one_rank_is_raised_on_every_rank(tmp_path, kind):
         assert "1 of 2 ranks failed at optimizer step" in msg
         assert "rank 1: " + {"raise": "ValueError: rank one's loss exploded on purpose",
                              "nan": "FloatingPointError: loss is nan",
-                             "shape": "ValueError: ", "shapeb": "ValueError: "}[kind] in msg
+                             "shape": "ValueError: ", "shapeb": "ValueError: ",
+                             "midb": "MemoryError: rank one ran out of memory in its backward"}[kind] in msg
     assert "FINISHED" not in text
 
 
