@@ -2,6 +2,7 @@
 
     python benches/mpi_scaling.py                  # both runs, the all-reduce cost, the paper estimate
     python benches/mpi_scaling.py --batch 256 --steps 40 --repeats 3
+    python benches/mpi_scaling.py --bucket-mb 0.25      # also: buckets sent during the backward
 
 The model is the MLP 784-256-256-10 (relu, softmax cross-entropy) on random data, trained by
 ``bg.compile_step``. One rank uses the plain compiled step (the fastest single-process path, with
@@ -57,6 +58,23 @@ def worker(args: argparse.Namespace) -> None:
                 step(X, y)
                 times.append(time.perf_counter() - t0)
             res["steps"][f"{opt_name}/{b}"] = statistics.median(times)
+            if world.size > 1 and args.bucket_mb:
+                # the same model, a second step that all-reduces in buckets during the backward;
+                # blocks of steps alternate between the two (each block's median)
+                bucketed = bg.compile_step(model, bg.nn.CrossEntropyLoss(), opt, (X, y), distributed=True,
+                                           bucket_mb=args.bucket_mb)
+                blocks: dict[str, list[float]] = {"one": [], "buckets": []}
+                for _ in range(6):
+                    for name, st in (("one", step), ("buckets", bucketed)):
+                        bg.distributed.barrier()
+                        v = []
+                        for _ in range(max(5, args.steps // 4)):
+                            t0 = time.perf_counter()
+                            st(X, y)
+                            v.append(time.perf_counter() - t0)
+                        blocks[name].append(statistics.median(v))
+                res["buckets"] = {"one": statistics.median(blocks["one"]), "buckets": statistics.median(blocks["buckets"]),
+                                  "n": len(bucketed.reducer.buckets)}
     if world.size > 1:
         buf = np.zeros(N_PARAMS + 5, np.float32)
         ts = []
@@ -76,7 +94,8 @@ def run(n: int, args: argparse.Namespace, batches: str) -> dict:
     os.close(fd)
     env = dict(os.environ, BATCHGRAD_NUM_THREADS="1", OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
     cmd = ["mpirun", "-n", str(n), "--oversubscribe", "--bind-to", "core", sys.executable, __file__, "--worker", out,
-           "--batches", batches, "--steps", str(args.steps), "--optimizers", args.optimizers]
+           "--batches", batches, "--steps", str(args.steps), "--optimizers", args.optimizers,
+           "--bucket-mb", str(args.bucket_mb)]
     subprocess.run(cmd, env=env, check=True)
     with open(out) as f:
         return json.load(f)
@@ -91,6 +110,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--repeats", type=int, default=3, help="alternating 1-rank / 2-rank runs")
     ap.add_argument("--optimizers", default="sgd,momentum")
+    ap.add_argument("--bucket-mb", type=float, default=0.0,
+                    help="also time 2-rank steps with compile_step(bucket_mb=...) (overlap), alternating with one all-reduce")
     args = ap.parse_args()
     if args.worker:
         worker(args)
@@ -100,9 +121,12 @@ def main() -> None:
     one: dict[str, list[float]] = {}
     two: dict[str, list[float]] = {}
     ar: list[float] = []
+    bk: list[tuple[float, float, int]] = []
     for _ in range(args.repeats):
         r1, r2 = run(1, args, str(b)), run(2, args, str(b))
         ar.append(r2["allreduce"])
+        if "buckets" in r2:
+            bk.append((r2["buckets"]["one"], r2["buckets"]["buckets"], r2["buckets"]["n"]))
         for k in r1["steps"]:
             e1 = b / r1["steps"][k]
             e2 = 2 * b / r2["steps"][k]
@@ -117,6 +141,11 @@ def main() -> None:
         opt = k.split("/")[0]
         print(f"| {opt} | {statistics.median(one[k]):,.0f} | {statistics.median(two[k]):,.0f} | "
               f"**{statistics.median(ratios[k]):.2f}x** ({', '.join(f'{r:.2f}' for r in ratios[k])}) |")
+    if bk:
+        print(f"\n2 ranks, one all-reduce after the backward vs buckets of {args.bucket_mb:g} MiB "
+              f"({bk[0][2]} buckets) sent during it, same processes, alternating blocks: step time median "
+              f"{statistics.median(x[0] for x in bk) * 1e3:.3f} vs {statistics.median(x[1] for x in bk) * 1e3:.3f} ms; "
+              "one / buckets per run: " + ", ".join(f"{a / b_:.3f}" for a, b_, _ in bk))
     S = 4 * (N_PARAMS + 5)
     t_ar = statistics.median(ar)
     print(f"\nAll-reduce of the {S / 1e6:.2f} MB gradient buffer between 2 ranks on this machine (shared memory): "
