@@ -215,6 +215,43 @@ def test_grads_into_writes_the_programs_gradients_bitwise():
         assert np.array_equal(flat, want * np.float32(scale))
 
 
+def test_grads_into_calls_ready_as_each_gradient_is_final():
+    """With `ready`, each gradient is in the buffer when ready(i) is called (the backward goes on
+    afterwards: the last layer's gradients come first), and the buffer ends up the same bits."""
+    m, o, step = _split_setup(optim.SGD, lr=0.1)
+    X, y = _split_batches(1)[0]
+    ts = step.step_for(X, y)
+    n = _numel(m)
+    want = np.empty(n, np.float32)
+    l0 = ts.grads_into([X._v, y._v], want, 0.5)
+    offs = np.cumsum([0] + [int(np.prod(p.shape)) for p in step.params])
+    flat = np.full(n, np.nan, np.float32)
+    seen = []
+
+    def ready(i):
+        # parameter i's slice is final now; the slices of parameters not yet reported are untouched
+        assert np.array_equal(flat[offs[i]:offs[i + 1]], want[offs[i]:offs[i + 1]])
+        for j in range(len(offs) - 1):
+            if j != i and j not in seen:
+                assert np.isnan(flat[offs[j]:offs[j + 1]]).all()
+        seen.append(i)
+
+    l1 = ts.grads_into([X._v, y._v], flat, 0.5, ready)
+    assert sorted(seen) == list(range(len(step.params)))
+    assert seen[0] > seen[-1]  # the backward reaches the last layer first
+    assert np.float32(l0).view(np.uint32) == np.float32(l1).view(np.uint32)
+    assert flat.tobytes() == want.tobytes()
+
+    class Boom(Exception):
+        pass
+
+    def bad(i):
+        raise Boom(f"no room for {i}")
+
+    with pytest.raises(Boom, match="no room for"):  # the callback's own exception, unchanged
+        ts.grads_into([X._v, y._v], flat, 0.5, bad)
+
+
 @pytest.mark.parametrize("opt_cls,kw", [(optim.SGD, {"lr": 0.1, "momentum": 0.9}), (optim.Adam, {"lr": 1e-2})],
                          ids=["sgd-momentum", "adam"])
 def test_grads_into_then_update_from_equals_the_one_call_step_bitwise(opt_cls, kw):

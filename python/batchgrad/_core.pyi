@@ -48,11 +48,13 @@ class TrainStep:
     """Forward + backward program and the optimizer update, replayed in one call."""
     def __init__(self, program: Program, params: list[Var]) -> None: ...
     def run(self, inputs: list[Var], calls: list[Call]) -> float: ...
-    def grads_into(self, inputs: list[Var], flat: np.ndarray, scale: float = 1.0) -> float:
+    def grads_into(self, inputs: list[Var], flat: np.ndarray, scale: float = 1.0,
+                   ready: Any = None) -> float:
         """Forward + backward only (no fused updates): copy every parameter's gradient times
         `scale`, in parameter order, into `flat` (writeable C-contiguous float32, 1-D, as many
         elements as the parameters in all) and return the loss. With `update_from`: `run` in two
-        halves, for an all-reduce of `flat` in between (data-parallel training)."""
+        halves, for an all-reduce of `flat` in between (data-parallel training). `ready(i)`, when
+        given, is called as soon as parameter i's gradient is in `flat` (during the backward)."""
         ...
     def update_from(self, flat: np.ndarray, calls: list[Call]) -> None:
         """Apply the optimizer calls (as `run` does for unfused parameters) with each parameter's
