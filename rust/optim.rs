@@ -103,35 +103,32 @@ struct SgdConsts {
 // bits (a NaN's sign bit aside). One thread, 300k parameters: SGD momentum 89 -> 43 us, Adam
 // 263 -> 130-160, AdamW 264 -> 127-139, RMSprop 180 -> 90, centered 513 -> 136-159, Adagrad 178 -> 90.
 fn sgd_kernel(p: &mut [f32], g: &[f32], buf: Option<&mut [f32]>, c: SgdConsts) {
-    crate::kernels::simd::dispatch(#[inline(always)] || sgd_kernel_body(p, g, buf, c))
-}
-
-#[inline(always)]
-fn sgd_kernel_body(p: &mut [f32], g: &[f32], buf: Option<&mut [f32]>, c: SgdConsts) {
-    let n = p.len();
-    let g = &g[..n];
-    match buf {
-        None => {
-            for i in 0..n {
-                let gi = eff_grad(g[i], p[i], c.wd, c.maximize);
-                p[i] += c.neg_lr * gi;
+    crate::kernels::simd::dispatch(#[inline(always)] move || {
+        let n = p.len();
+        let g = &g[..n];
+        match buf {
+            None => {
+                for i in 0..n {
+                    let gi = eff_grad(g[i], p[i], c.wd, c.maximize);
+                    p[i] += c.neg_lr * gi;
+                }
+            }
+            Some(b) => {
+                let b = &mut b[..n];
+                for i in 0..n {
+                    let gi = eff_grad(g[i], p[i], c.wd, c.maximize);
+                    let bi = if c.first {
+                        gi
+                    } else {
+                        b[i] * c.momentum + c.one_minus_damp * gi
+                    };
+                    b[i] = bi;
+                    let d = if c.nesterov { gi + c.momentum * bi } else { bi };
+                    p[i] += c.neg_lr * d;
+                }
             }
         }
-        Some(b) => {
-            let b = &mut b[..n];
-            for i in 0..n {
-                let gi = eff_grad(g[i], p[i], c.wd, c.maximize);
-                let bi = if c.first {
-                    gi
-                } else {
-                    b[i] * c.momentum + c.one_minus_damp * gi
-                };
-                b[i] = bi;
-                let d = if c.nesterov { gi + c.momentum * bi } else { bi };
-                p[i] += c.neg_lr * d;
-            }
-        }
-    }
+    })
 }
 
 /// SGD with momentum/dampening/nesterov/weight_decay, torch.optim.SGD semantics.
@@ -212,27 +209,17 @@ fn adam_kernel(
     max_v: Option<&mut [f32]>,
     c: AdamConsts,
 ) {
-    crate::kernels::simd::dispatch(#[inline(always)] || adam_kernel_body(p, g, m, v, max_v, c))
-}
-
-#[inline(always)]
-fn adam_kernel_body(
-    p: &mut [f32],
-    g: &[f32],
-    m: &mut [f32],
-    v: &mut [f32],
-    max_v: Option<&mut [f32]>,
-    c: AdamConsts,
-) {
-    let n = p.len();
-    let (g, m, v) = (&g[..n], &mut m[..n], &mut v[..n]);
-    // every per-call choice becomes a const parameter, so each loop is straight-line code that
-    // vectorises (with the choices as branches in the loop it ran slower than scalar code)
-    let f = (c.maximize, c.decay.is_some(), c.wd != 0.0, c.w1.abs() < 0.5);
-    match max_v {
-        None => adam_pick::<false>(f, p, g, m, v, &mut [], &c),
-        Some(mv) => adam_pick::<true>(f, p, g, m, v, &mut mv[..n], &c),
-    }
+    crate::kernels::simd::dispatch(#[inline(always)] move || {
+        let n = p.len();
+        let (g, m, v) = (&g[..n], &mut m[..n], &mut v[..n]);
+        // every per-call choice becomes a const parameter, so each loop is straight-line code that
+        // vectorises (with the choices as branches in the loop it ran slower than scalar code)
+        let f = (c.maximize, c.decay.is_some(), c.wd != 0.0, c.w1.abs() < 0.5);
+        match max_v {
+            None => adam_pick::<false>(f, p, g, m, v, &mut [], &c),
+            Some(mv) => adam_pick::<true>(f, p, g, m, v, &mut mv[..n], &c),
+        }
+    })
 }
 
 #[inline(always)]
@@ -406,66 +393,56 @@ fn rmsprop_kernel(
     grad_avg: Option<&mut [f32]>,
     c: RmsConsts,
 ) {
-    crate::kernels::simd::dispatch(#[inline(always)] || rmsprop_kernel_body(p, g, sq, mom, grad_avg, c))
-}
-
-#[inline(always)]
-fn rmsprop_kernel_body(
-    p: &mut [f32],
-    g: &[f32],
-    sq: &mut [f32],
-    mom: Option<&mut [f32]>,
-    grad_avg: Option<&mut [f32]>,
-    c: RmsConsts,
-) {
-    let n = p.len();
-    let (g, sq) = (&g[..n], &mut sq[..n]);
-    match (mom, grad_avg) {
-        (None, None) => {
-            for i in 0..n {
-                let gi = eff_grad(g[i], p[i], c.wd, c.maximize);
-                let s = sq[i] * c.alpha + c.one_minus_alpha * gi * gi;
-                sq[i] = s;
-                let avg = s.sqrt() + c.eps;
-                rms_finish(&mut p[i], gi, avg, None, &c);
+    crate::kernels::simd::dispatch(#[inline(always)] move || {
+        let n = p.len();
+        let (g, sq) = (&g[..n], &mut sq[..n]);
+        match (mom, grad_avg) {
+            (None, None) => {
+                for i in 0..n {
+                    let gi = eff_grad(g[i], p[i], c.wd, c.maximize);
+                    let s = sq[i] * c.alpha + c.one_minus_alpha * gi * gi;
+                    sq[i] = s;
+                    let avg = s.sqrt() + c.eps;
+                    rms_finish(&mut p[i], gi, avg, None, &c);
+                }
+            }
+            (Some(b), None) => {
+                let b = &mut b[..n];
+                for i in 0..n {
+                    let gi = eff_grad(g[i], p[i], c.wd, c.maximize);
+                    let s = sq[i] * c.alpha + c.one_minus_alpha * gi * gi;
+                    sq[i] = s;
+                    let avg = s.sqrt() + c.eps;
+                    rms_finish(&mut p[i], gi, avg, Some(&mut b[i]), &c);
+                }
+            }
+            (None, Some(ga)) => {
+                let ga = &mut ga[..n];
+                for i in 0..n {
+                    let gi = eff_grad(g[i], p[i], c.wd, c.maximize);
+                    let s = sq[i] * c.alpha + c.one_minus_alpha * gi * gi;
+                    sq[i] = s;
+                    let a = lerp(ga[i], gi, c.one_minus_alpha);
+                    ga[i] = a;
+                    let avg = (s - a * a).sqrt() + c.eps;
+                    rms_finish(&mut p[i], gi, avg, None, &c);
+                }
+            }
+            (Some(b), Some(ga)) => {
+                let b = &mut b[..n];
+                let ga = &mut ga[..n];
+                for i in 0..n {
+                    let gi = eff_grad(g[i], p[i], c.wd, c.maximize);
+                    let s = sq[i] * c.alpha + c.one_minus_alpha * gi * gi;
+                    sq[i] = s;
+                    let a = lerp(ga[i], gi, c.one_minus_alpha);
+                    ga[i] = a;
+                    let avg = (s - a * a).sqrt() + c.eps;
+                    rms_finish(&mut p[i], gi, avg, Some(&mut b[i]), &c);
+                }
             }
         }
-        (Some(b), None) => {
-            let b = &mut b[..n];
-            for i in 0..n {
-                let gi = eff_grad(g[i], p[i], c.wd, c.maximize);
-                let s = sq[i] * c.alpha + c.one_minus_alpha * gi * gi;
-                sq[i] = s;
-                let avg = s.sqrt() + c.eps;
-                rms_finish(&mut p[i], gi, avg, Some(&mut b[i]), &c);
-            }
-        }
-        (None, Some(ga)) => {
-            let ga = &mut ga[..n];
-            for i in 0..n {
-                let gi = eff_grad(g[i], p[i], c.wd, c.maximize);
-                let s = sq[i] * c.alpha + c.one_minus_alpha * gi * gi;
-                sq[i] = s;
-                let a = lerp(ga[i], gi, c.one_minus_alpha);
-                ga[i] = a;
-                let avg = (s - a * a).sqrt() + c.eps;
-                rms_finish(&mut p[i], gi, avg, None, &c);
-            }
-        }
-        (Some(b), Some(ga)) => {
-            let b = &mut b[..n];
-            let ga = &mut ga[..n];
-            for i in 0..n {
-                let gi = eff_grad(g[i], p[i], c.wd, c.maximize);
-                let s = sq[i] * c.alpha + c.one_minus_alpha * gi * gi;
-                sq[i] = s;
-                let a = lerp(ga[i], gi, c.one_minus_alpha);
-                ga[i] = a;
-                let avg = (s - a * a).sqrt() + c.eps;
-                rms_finish(&mut p[i], gi, avg, Some(&mut b[i]), &c);
-            }
-        }
-    }
+    })
 }
 
 /// RMSprop (torch.optim.RMSprop: alpha, eps, weight_decay, momentum, centered).
@@ -534,21 +511,18 @@ struct AdagradConsts {
 }
 
 fn adagrad_kernel(p: &mut [f32], g: &[f32], sum: &mut [f32], c: AdagradConsts) {
-    crate::kernels::simd::dispatch(#[inline(always)] || adagrad_kernel_body(p, g, sum, c))
-}
-
-#[inline(always)]
-fn adagrad_kernel_body(p: &mut [f32], g: &[f32], sum: &mut [f32], c: AdagradConsts) {
-    let n = p.len();
-    let (g, sum) = (&g[..n], &mut sum[..n]);
-    for i in 0..n {
-        let gi = eff_grad(g[i], p[i], c.wd, c.maximize);
-        // state_sum.addcmul_(grad, grad, value=1)
-        let s = sum[i] + gi * gi;
-        sum[i] = s;
-        let std = s.sqrt() + c.eps;
-        p[i] += c.neg_clr * gi / std;
-    }
+    crate::kernels::simd::dispatch(#[inline(always)] move || {
+        let n = p.len();
+        let (g, sum) = (&g[..n], &mut sum[..n]);
+        for i in 0..n {
+            let gi = eff_grad(g[i], p[i], c.wd, c.maximize);
+            // state_sum.addcmul_(grad, grad, value=1)
+            let s = sum[i] + gi * gi;
+            sum[i] = s;
+            let std = s.sqrt() + c.eps;
+            p[i] += c.neg_clr * gi / std;
+        }
+    })
 }
 
 /// Adagrad (torch.optim.Adagrad: lr_decay, weight_decay, initial_accumulator_value handled by caller, eps). `step` 1-based.
