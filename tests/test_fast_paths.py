@@ -154,3 +154,28 @@ def test_linear_reads_its_parameters_however_they_were_set(rng):
     np.testing.assert_allclose(m(x).numpy(), x @ w + 1, rtol=1e-6)
     m.weight = bg.nn.Parameter(np.eye(3, 2, dtype=np.float32))
     np.testing.assert_allclose(m(x).numpy(), x @ np.eye(3, 2) + 1, rtol=1e-6)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_cross_entropy_fast_path_equals_the_checked_path(reduction):
+    """Integer numpy labels and float32 Tensor labels go straight to the op (which checks them);
+    a list takes the checked path. Same loss and gradient bits, and the same errors."""
+    F = bg.nn.functional
+    r = np.random.default_rng(0)
+    logits = r.normal(size=(7, 5)).astype(np.float32) * 3
+    labels = r.integers(0, 5, 7)
+    outs = []
+    for target in (labels.tolist(), labels, labels.astype(np.uint8), bg.tensor(labels.astype(np.float32))):
+        z = bg.tensor(logits, requires_grad=True)
+        loss = F.cross_entropy(z, target, reduction=reduction)
+        loss.sum().backward()
+        outs.append((loss.numpy().tobytes(), z.grad.numpy().tobytes()))
+    assert all(o == outs[0] for o in outs[1:])
+    z = bg.tensor(logits)
+    for bad, msg in ((np.array([0, 1, 2, 3, 4, 5, 0]), "label 5 is out of range for 5 classes"),
+                     (np.array([0, -1, 2, 3, 4, 0, 0]), "label -1 is out of range for 5 classes"),
+                     (bg.tensor(np.array([0, 1, 2, 3, 4, 0, 1.5], np.float32)), "non-integer label 1.5"),
+                     (bg.tensor(np.array([0, 1, 2, 3, 4, 0, np.nan], np.float32)), "non-integer label nan"),
+                     (np.array([0, 1, 2, 2**40, 4, 0, 0]), f"label {2**40} is out of range")):
+        with pytest.raises(ValueError, match=msg):
+            F.cross_entropy(z, bad)

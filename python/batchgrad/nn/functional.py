@@ -103,6 +103,24 @@ def cross_entropy(input: Any, target: Any, reduction: str = "mean") -> Tensor:
     """
     reduction = _check_reduction(reduction)
     z = as_tensor(input)
+    if z.ndim == 2 and not _TRACE_DEPTH[0]:
+        # the common case straight to the op, which checks every label itself (integer, in range):
+        # float32 Tensor labels as they are, integer numpy labels converted (exact below 2^24);
+        # when the op refuses them, the checks below raise the error that names the bad label
+        n = z.shape[0]
+        if isinstance(target, Tensor):
+            lab = target if target.dtype == np.float32 and target.shape == (n,) else None
+        elif isinstance(target, np.ndarray) and target.dtype.kind in "iu" and target.shape == (n,) and z.shape[1] <= 1 << 24:
+            lab = Tensor(_core.from_numpy(target.astype(np.float32), False))
+        else:
+            lab = None
+        if lab is not None:
+            try:
+                per = _op("softmax_xent", z, lab)
+            except ValueError:
+                pass
+            else:
+                return _reduce(per, reduction)
     if z.ndim not in (1, 2):
         raise ValueError(f"cross_entropy: expected logits of shape (N, C) or (C,), got shape {z.shape}")
     # A Tensor target stays on the graph (so a traced/compiled step reads each batch's labels);
