@@ -397,52 +397,35 @@ fn rmsprop_kernel(
         let n = p.len();
         let (g, sq) = (&g[..n], &mut sq[..n]);
         match (mom, grad_avg) {
-            (None, None) => {
-                for i in 0..n {
-                    let gi = eff_grad(g[i], p[i], c.wd, c.maximize);
-                    let s = sq[i] * c.alpha + c.one_minus_alpha * gi * gi;
-                    sq[i] = s;
-                    let avg = s.sqrt() + c.eps;
-                    rms_finish(&mut p[i], gi, avg, None, &c);
-                }
-            }
-            (Some(b), None) => {
-                let b = &mut b[..n];
-                for i in 0..n {
-                    let gi = eff_grad(g[i], p[i], c.wd, c.maximize);
-                    let s = sq[i] * c.alpha + c.one_minus_alpha * gi * gi;
-                    sq[i] = s;
-                    let avg = s.sqrt() + c.eps;
-                    rms_finish(&mut p[i], gi, avg, Some(&mut b[i]), &c);
-                }
-            }
-            (None, Some(ga)) => {
-                let ga = &mut ga[..n];
-                for i in 0..n {
-                    let gi = eff_grad(g[i], p[i], c.wd, c.maximize);
-                    let s = sq[i] * c.alpha + c.one_minus_alpha * gi * gi;
-                    sq[i] = s;
-                    let a = lerp(ga[i], gi, c.one_minus_alpha);
-                    ga[i] = a;
-                    let avg = (s - a * a).sqrt() + c.eps;
-                    rms_finish(&mut p[i], gi, avg, None, &c);
-                }
-            }
-            (Some(b), Some(ga)) => {
-                let b = &mut b[..n];
-                let ga = &mut ga[..n];
-                for i in 0..n {
-                    let gi = eff_grad(g[i], p[i], c.wd, c.maximize);
-                    let s = sq[i] * c.alpha + c.one_minus_alpha * gi * gi;
-                    sq[i] = s;
-                    let a = lerp(ga[i], gi, c.one_minus_alpha);
-                    ga[i] = a;
-                    let avg = (s - a * a).sqrt() + c.eps;
-                    rms_finish(&mut p[i], gi, avg, Some(&mut b[i]), &c);
-                }
-            }
+            (None, None) => rms_loop::<false, false>(p, g, sq, &mut [], &mut [], &c),
+            (Some(b), None) => rms_loop::<true, false>(p, g, sq, b, &mut [], &c),
+            (None, Some(ga)) => rms_loop::<false, true>(p, g, sq, &mut [], ga, &c),
+            (Some(b), Some(ga)) => rms_loop::<true, true>(p, g, sq, b, ga, &c),
         }
     })
+}
+
+/// One RMSprop pass with its buffers fixed: `MOM` the momentum buffer `b`, `CENTERED` the
+/// gradient average `ga` (each empty when not used).
+#[inline(always)]
+fn rms_loop<const MOM: bool, const CENTERED: bool>(p: &mut [f32], g: &[f32], sq: &mut [f32], b: &mut [f32], ga: &mut [f32], c: &RmsConsts) {
+    let n = p.len();
+    let (g, sq) = (&g[..n], &mut sq[..n]);
+    let b = if MOM { &mut b[..n] } else { b };
+    let ga = if CENTERED { &mut ga[..n] } else { ga };
+    for i in 0..n {
+        let gi = eff_grad(g[i], p[i], c.wd, c.maximize);
+        let s = sq[i] * c.alpha + c.one_minus_alpha * gi * gi;
+        sq[i] = s;
+        let avg = if CENTERED {
+            let a = lerp(ga[i], gi, c.one_minus_alpha);
+            ga[i] = a;
+            (s - a * a).sqrt() + c.eps
+        } else {
+            s.sqrt() + c.eps
+        };
+        rms_finish(&mut p[i], gi, avg, if MOM { Some(&mut b[i]) } else { None }, c);
+    }
 }
 
 /// RMSprop (torch.optim.RMSprop: alpha, eps, weight_decay, momentum, centered).
