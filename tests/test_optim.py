@@ -509,7 +509,7 @@ def test_clip_grad_norm_semantics():
 
 
 def test_optimizer_updates_are_the_same_bits_at_every_simd_level():
-    """The update loops are compiled per instruction set (AVX-512 / AVX2 / baseline, picked at
+    """The update loops (every RMSprop buffer combination included) are compiled per instruction set (AVX-512 / AVX2 / baseline, picked at
     run time); every level must give the same bits (BATCHGRAD_NO_SIMD forces the baseline)."""
     import subprocess
     import sys
@@ -521,6 +521,8 @@ mk = [lambda p: bg.optim.SGD(p, lr=0.05, momentum=0.9, nesterov=True, weight_dec
       lambda p: bg.optim.SGD(p, lr=0.05, momentum=0.9, dampening=0.1, maximize=True),
       lambda p: bg.optim.Adam(p, lr=1e-3), lambda p: bg.optim.AdamW(p, lr=1e-3, weight_decay=0.1),
       lambda p: bg.optim.Adam(p, lr=1e-3, betas=(0.3, 0.999), amsgrad=True, weight_decay=0.01, maximize=True),
+      lambda p: bg.optim.RMSprop(p, lr=1e-3), lambda p: bg.optim.RMSprop(p, lr=1e-3, momentum=0.5),
+      lambda p: bg.optim.RMSprop(p, lr=1e-3, centered=True, maximize=True),
       lambda p: bg.optim.RMSprop(p, lr=1e-3, centered=True, momentum=0.5, weight_decay=0.01),
       lambda p: bg.optim.Adagrad(p, lr=0.1, lr_decay=0.01, weight_decay=0.01)]
 out = []
