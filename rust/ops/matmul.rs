@@ -84,14 +84,19 @@ pub fn accumulate_into(a: &Tensor, b: &Tensor, ta: bool, tb: bool, dst: &mut [f3
 }
 
 pub fn vjp(a: &Var, b: &Var, ta: bool, tb: bool, g: &Var) -> Result<Vec<Option<Var>>> {
-    let ga = if a.requires_grad() {
+    vjp_some(a, b, ta, tb, g, a.requires_grad(), b.requires_grad())
+}
+
+/// `vjp` for the operands selected by `want_a` / `want_b` (None for the others).
+pub fn vjp_some(a: &Var, b: &Var, ta: bool, tb: bool, g: &Var, want_a: bool, want_b: bool) -> Result<Vec<Option<Var>>> {
+    let ga = if want_a {
         // ta=false: dA = G op(B)^T ; ta=true: dA = op(B) G^T
         let d = if ta { matmul(b, g, tb, true)? } else { matmul(g, b, false, !tb)? };
         Some(sum_to(&d, &a.shape())?)
     } else {
         None
     };
-    let gb = if b.requires_grad() {
+    let gb = if want_b {
         // tb=false: dB = op(A)^T G ; tb=true: dB = G^T op(A)
         let d = if tb { matmul(g, a, true, ta)? } else { matmul(a, g, !ta, false)? };
         Some(sum_to(&d, &b.shape())?)
@@ -99,4 +104,53 @@ pub fn vjp(a: &Var, b: &Var, ta: bool, tb: bool, g: &Var) -> Result<Vec<Option<V
         None
     };
     Ok(vec![ga, gb])
+}
+
+/// The gradient of `b` in `a @ b` (or `a @ bᵀ`) with `a` a one-row matrix (a Linear layer at
+/// batch 1), as the two vectors of its outer product instead of a tensor: `dB = aᵀ G` (`tb`
+/// false) or `Gᵀ a` (`tb` true), the same rule as `vjp`'s. None where that rule is not a
+/// product of two single rows.
+pub fn vjp_b_outer(a: &Var, b: &Var, ta: bool, tb: bool, g: &Var) -> Option<Outer> {
+    let (sa, sb) = (a.shape(), b.shape());
+    if ta || sa.len() != 2 || sb.len() != 2 || sa[0] != 1 || sa[1] == 0 {
+        return None;
+    }
+    let (a, g) = (a.value(), g.value());
+    if g.shape.len() != 2 || g.shape[0] != 1 || g.shape[1] == 0 {
+        return None;
+    }
+    Some(if tb { Outer { a: g, g: a } } else { Outer { a, g } })
+}
+
+/// A matrix kept as the two vectors of its outer product `aᵀ g`, `a` (1 x m) and `g` (1 x n): a
+/// weight gradient that `backward` leaves unevaluated at batch 1 (`tape::Grad::Outer`). Any range
+/// of its elements is computed on demand, each with the same bits (`gemm::outer_range`).
+#[derive(Clone, Debug)]
+pub struct Outer {
+    pub a: Tensor,
+    pub g: Tensor,
+}
+
+impl Outer {
+    pub fn shape(&self) -> Vec<usize> {
+        vec![self.a.numel(), self.g.numel()]
+    }
+    pub fn numel(&self) -> usize {
+        self.a.numel() * self.g.numel()
+    }
+    /// Elements `start..start + out.len()` of the product, row-major.
+    pub fn fill(&self, start: usize, out: &mut [f32]) {
+        gemm::outer_range(self.a.data(), self.g.data(), start, out)
+    }
+    /// `p[i] += beta * self[start + i]` (plain SGD's update, `p + beta g`), the elements computed
+    /// as `fill` computes them.
+    pub fn axpy(&self, start: usize, p: &mut [f32], beta: f32) {
+        gemm::outer_axpy(self.a.data(), self.g.data(), start, p, beta)
+    }
+    /// The whole product as a tensor.
+    pub fn materialize(&self) -> Result<Tensor> {
+        let mut data = crate::tensor::alloc_for_overwrite(self.numel())?;
+        self.fill(0, &mut data);
+        Tensor::new(data, self.shape())
+    }
 }

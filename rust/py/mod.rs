@@ -102,6 +102,16 @@ impl PyVar {
     fn grad(&self) -> Option<PyVar> {
         self.0.grad().map(|g| wrap(Var::leaf(g, false)))
     }
+    /// Whether a gradient is stored, without computing a deferred one.
+    #[getter]
+    fn has_grad(&self) -> bool {
+        self.0.has_grad()
+    }
+    /// Whether the stored gradient is still deferred (the two vectors of an outer product).
+    #[getter]
+    fn grad_deferred(&self) -> bool {
+        matches!(self.0.grad_state(), Some(crate::tape::Grad::Outer(_)))
+    }
     fn set_grad(&self, g: Option<PyRef<PyVar>>) -> PyResult<()> {
         if let Some(g) = &g {
             if g.0.shape() != self.0.shape() {
@@ -511,6 +521,13 @@ fn team_updates() -> usize {
     crate::tape::step::team_updates()
 }
 
+/// Turn the deferral of small-batch weight gradients in `backward` on or off (process-wide);
+/// returns the previous setting. For tests and same-process benchmarks (see `tape::Grad`).
+#[pyfunction]
+fn set_deferred_grads(on: bool) -> bool {
+    crate::tape::set_deferred_grads(on)
+}
+
 /// Start (clearing the table) or stop per-op timing; see `bg.profile`.
 #[pyfunction]
 fn profile_enable(on: bool) {
@@ -530,6 +547,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyTrainStep>()?;
     m.add_function(wrap_pyfunction!(fresh_allocations, m)?)?;
     m.add_function(wrap_pyfunction!(team_updates, m)?)?;
+    m.add_function(wrap_pyfunction!(set_deferred_grads, m)?)?;
     m.add_function(wrap_pyfunction!(profile_enable, m)?)?;
     m.add_function(wrap_pyfunction!(profile_report, m)?)?;
     m.add_function(wrap_pyfunction!(from_numpy, m)?)?;

@@ -6,10 +6,13 @@ use pyo3::prelude::*;
 use super::PyVar;
 use crate::optim::{self, Rule};
 use crate::tape::step::update_vars;
+use crate::tape::Grad;
 use crate::tensor::Tensor;
 
-fn grad_of(p: &PyVar) -> PyResult<Tensor> {
-    p.0.grad().ok_or_else(|| PyValueError::new_err("optimizer step: a parameter has no gradient (call backward first)"))
+/// A parameter's gradient as stored: a deferred one (`Grad::Outer`) stays deferred, and the
+/// update computes it block by block.
+fn grad_of(p: &PyVar) -> PyResult<Grad> {
+    p.0.grad_state().ok_or_else(|| PyValueError::new_err("optimizer step: a parameter has no gradient (call backward first)"))
 }
 
 fn vars(v: &[PyRef<PyVar>]) -> Vec<crate::Var> {
@@ -19,7 +22,7 @@ fn vars(v: &[PyRef<PyVar>]) -> Vec<crate::Var> {
 /// Apply `rule` to every parameter with its `.grad` (the eager `optimizer.step()`), GIL released.
 /// `states` are the rule's state buffers by position; `None` for an absent optional one.
 fn each(py: Python<'_>, rule: Rule, params: &[PyRef<PyVar>], states: &[Option<&[PyRef<PyVar>]>]) -> PyResult<()> {
-    let grads: Vec<Tensor> = params.iter().map(|p| grad_of(p)).collect::<PyResult<_>>()?;
+    let grads: Vec<Grad> = params.iter().map(|p| grad_of(p)).collect::<PyResult<_>>()?;
     let ps = vars(params);
     let ss: Vec<Option<Vec<crate::Var>>> = states.iter().map(|s| s.map(vars)).collect();
     py.detach(|| update_vars(&rule, &ps, &ss, &grads.iter().collect::<Vec<_>>()))?;

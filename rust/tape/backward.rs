@@ -4,10 +4,10 @@
 use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hasher};
 
-use super::{build, no_grad, set_grad_enabled, Var};
+use super::{build, no_grad, set_grad_enabled, Grad, Var};
 use crate::bail;
 use crate::error::Result;
-use crate::ops;
+use crate::ops::{self, matmul::Outer};
 use crate::tensor::Tensor;
 
 /// Var ids are unique integers: hashed by one multiply (Fibonacci hashing) instead of SipHash,
@@ -75,22 +75,50 @@ fn restore(order: Order) {
 /// Run the VJP sweep from `roots` seeded with `seeds`; returns the gradient of every Var for
 /// which `keep(var, is_leaf)` is true, and the subgraph swept (with `take`, the nodes taken out
 /// of the graph: the caller drops them on success or `restore`s them on a later error).
-fn sweep(roots: &[Var], seeds: Vec<Var>, create_graph: bool, take: bool, keep: impl Fn(&Var, bool) -> bool) -> Result<(IdMap<(Var, Var)>, Order)> {
+///
+/// With `defer` (`backward`, which never records), the gradient of a kept leaf that is the right
+/// operand of a product with one row (`ops::matmul::vjp_b_outer`) is kept unevaluated, as
+/// `Grad::Outer`, unless a second contribution arrives for it; the third map returns those.
+#[allow(clippy::type_complexity)]
+fn sweep(roots: &[Var], seeds: Vec<Var>, create_graph: bool, take: bool, defer: bool, keep: impl Fn(&Var, bool) -> bool) -> Result<(IdMap<(Var, Var)>, IdMap<(Var, Outer)>, Order)> {
     let order = reverse_topo(roots, take)?;
     let mut grads: IdMap<Var> = IdMap::default();
+    let mut lazy: IdMap<Outer> = IdMap::default();
     let prev = set_grad_enabled(create_graph);
     let result = (|| {
         for (r, s) in roots.iter().zip(seeds) {
-            accumulate(&mut grads, r.id(), s)?;
+            accumulate(&mut grads, &mut lazy, r.id(), s)?;
         }
-        let mut kept = IdMap::default();
+        let (mut kept, mut kept_lazy) = (IdMap::default(), IdMap::default());
         for (v, node) in &order {
+            if node.is_none() {
+                if let Some(o) = lazy.remove(&v.id()) {
+                    if keep(v, true) {
+                        kept_lazy.insert(v.id(), (v.clone(), o));
+                    }
+                    continue;
+                }
+            }
             let Some(g) = grads.remove(&v.id()) else { continue };
             if let Some((op, inputs)) = node {
-                let gi = ops::vjp(op, inputs, v, &g)?;
+                let mut gi = None;
+                if let (true, ops::Op::MatMul { ta, tb }) = (defer, op) {
+                    let (a, b) = (&inputs[0], &inputs[1]);
+                    let id = b.id();
+                    if b.requires_grad() && !grads.contains_key(&id) && !lazy.contains_key(&id) && b.is_leaf() && keep(b, true) {
+                        if let Some(o) = ops::matmul::vjp_b_outer(a, b, *ta, *tb, &g) {
+                            lazy.insert(id, o);
+                            gi = Some(ops::matmul::vjp_some(a, b, *ta, *tb, &g, a.requires_grad(), false)?);
+                        }
+                    }
+                }
+                let gi = match gi {
+                    Some(gi) => gi,
+                    None => ops::vjp(op, inputs, v, &g)?,
+                };
                 for (inp, gi) in inputs.iter().zip(gi) {
                     if let (Some(gi), true) = (gi, inp.requires_grad()) {
-                        accumulate(&mut grads, inp.id(), gi)?;
+                        accumulate(&mut grads, &mut lazy, inp.id(), gi)?;
                     }
                 }
                 if keep(v, false) {
@@ -100,11 +128,11 @@ fn sweep(roots: &[Var], seeds: Vec<Var>, create_graph: bool, take: bool, keep: i
                 kept.insert(v.id(), (v.clone(), g));
             }
         }
-        Ok(kept)
+        Ok((kept, kept_lazy))
     })();
     set_grad_enabled(prev);
     match result {
-        Ok(kept) => Ok((kept, order)),
+        Ok((kept, kept_lazy)) => Ok((kept, kept_lazy, order)),
         Err(e) => {
             if take {
                 restore(order);
@@ -114,7 +142,11 @@ fn sweep(roots: &[Var], seeds: Vec<Var>, create_graph: bool, take: bool, keep: i
     }
 }
 
-fn accumulate(grads: &mut IdMap<Var>, id: u64, g: Var) -> Result<()> {
+fn accumulate(grads: &mut IdMap<Var>, lazy: &mut IdMap<Outer>, id: u64, g: Var) -> Result<()> {
+    if let Some(o) = lazy.remove(&id) {
+        // a second contribution to a deferred gradient: it is computed and summed as usual
+        grads.insert(id, Var::leaf(o.materialize()?, false));
+    }
     let new = match grads.remove(&id) {
         Some(old) => build::add(&old, &g)?,
         None => g,
@@ -141,6 +173,14 @@ fn check_seed(root: &Var, seed: Option<Tensor>) -> Result<Var> {
     }
 }
 
+/// Whether `backward` defers small-batch weight gradients (`Grad::Outer`); on unless turned off
+/// (`_core.set_deferred_grads`, for tests and same-process benchmarks).
+static DEFER: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+pub fn set_deferred_grads(on: bool) -> bool {
+    DEFER.swap(on, std::sync::atomic::Ordering::Relaxed)
+}
+
 /// `root.backward(seed)`: accumulate d root / d leaf into every leaf's `.grad`.
 pub fn backward(root: &Var, seed: Option<Tensor>, retain_graph: bool) -> Result<()> {
     if !root.requires_grad() {
@@ -148,20 +188,20 @@ pub fn backward(root: &Var, seed: Option<Tensor>, retain_graph: bool) -> Result<
     }
     let seed = check_seed(root, seed)?;
     let take = !retain_graph;
-    let (kept, order) = sweep(std::slice::from_ref(root), vec![seed], false, take, |_, leaf| leaf)?;
+    let (kept, kept_lazy, order) = sweep(std::slice::from_ref(root), vec![seed], false, take, DEFER.load(std::sync::atomic::Ordering::Relaxed), |_, leaf| leaf)?;
     let res = no_grad(|| -> Result<()> {
         // compute every sum first, then assign: nothing is half-updated on error
-        let mut updates = Vec::with_capacity(kept.len());
-        for (_, (leaf, g)) in kept {
-            let g = g.value();
-            let new = match leaf.grad() {
-                Some(old) => build::add(&Var::leaf(old, false), &Var::leaf(g, false))?.value(),
+        let mut updates = Vec::with_capacity(kept.len() + kept_lazy.len());
+        let new_grads = kept.into_values().map(|(leaf, g)| (leaf, Grad::Dense(g.value()))).chain(kept_lazy.into_values().map(|(leaf, o)| (leaf, Grad::Outer(o))));
+        for (leaf, g) in new_grads {
+            let new = match leaf.grad_state() {
+                Some(old) => Grad::Dense(build::add(&Var::leaf(old.to_tensor()?, false), &Var::leaf(g.to_tensor()?, false))?.value()),
                 None => g,
             };
             updates.push((leaf, new));
         }
         for (leaf, new) in updates {
-            leaf.set_grad(Some(new));
+            leaf.set_grad_state(Some(new));
         }
         Ok(())
     });
@@ -183,6 +223,6 @@ pub fn grad(outputs: &[Var], seeds: Vec<Option<Tensor>>, inputs: &[Var], retain_
     let seeds = outputs.iter().zip(seeds).map(|(o, s)| check_seed(o, s)).collect::<Result<Vec<_>>>()?;
     let want: IdSet = inputs.iter().map(|v| v.id()).collect();
     let take = !retain_graph && !create_graph;
-    let (mut kept, _order) = sweep(outputs, seeds, create_graph, take, |v, _| want.contains(&v.id()))?;
+    let (mut kept, _lazy, _order) = sweep(outputs, seeds, create_graph, take, false, |v, _| want.contains(&v.id()))?;
     Ok(inputs.iter().map(|v| kept.remove(&v.id()).map(|(_, g)| g)).collect())
 }

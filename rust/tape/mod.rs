@@ -14,7 +14,33 @@ use crate::tensor::Tensor;
 mod backward;
 pub mod program;
 pub mod step;
-pub use backward::{backward, grad};
+pub use backward::{backward, grad, set_deferred_grads};
+
+/// A leaf's accumulated gradient. `backward` keeps the gradient of a weight multiplied by one
+/// row (a Linear layer at batch 1) as the two vectors of its outer product until something reads
+/// it: `Var::grad` computes it then, while the eager optimizer computes it block by block as it
+/// updates the weight (plain SGD: in the same pass), so the gradient matrix is never written and
+/// read back. Both compute each element the same way (the same bits).
+#[derive(Clone, Debug)]
+pub enum Grad {
+    Dense(Tensor),
+    Outer(ops::matmul::Outer),
+}
+
+impl Grad {
+    pub fn shape(&self) -> Vec<usize> {
+        match self {
+            Grad::Dense(t) => t.shape.to_vec(),
+            Grad::Outer(o) => o.shape(),
+        }
+    }
+    pub fn to_tensor(&self) -> Result<Tensor> {
+        match self {
+            Grad::Dense(t) => Ok(t.clone()),
+            Grad::Outer(o) => o.materialize(),
+        }
+    }
+}
 
 thread_local! {
     static GRAD_ENABLED: Cell<bool> = const { Cell::new(true) };
@@ -61,7 +87,7 @@ pub struct VarInner {
     requires_grad: AtomicBool,
     /// made by a recorded op (has history, even when not differentiable, e.g. a comparison)
     tracked: bool,
-    grad: Mutex<Option<Tensor>>,
+    grad: Mutex<Option<Grad>>,
     pub(crate) node: Mutex<Node>,
 }
 
@@ -174,11 +200,30 @@ impl Var {
         self.0.requires_grad.store(on, Ordering::Relaxed);
         Ok(())
     }
+    /// The accumulated gradient as a tensor. A deferred one (`Grad::Outer`) is computed now and
+    /// kept in its place, so later reads and the optimizer see these same values.
     pub fn grad(&self) -> Option<Tensor> {
-        self.0.grad.lock().unwrap().clone()
+        let mut slot = self.0.grad.lock().unwrap();
+        let t = match slot.as_ref()? {
+            Grad::Dense(t) => return Some(t.clone()),
+            // a product of two valid vectors: its shape is right by construction
+            Grad::Outer(o) => o.materialize().expect("a deferred gradient's product"),
+        };
+        *slot = Some(Grad::Dense(t.clone()));
+        Some(t)
     }
     pub fn set_grad(&self, g: Option<Tensor>) {
+        *self.0.grad.lock().unwrap() = g.map(Grad::Dense);
+    }
+    /// The gradient as stored, deferred or not (the eager optimizer reads it this way).
+    pub fn grad_state(&self) -> Option<Grad> {
+        self.0.grad.lock().unwrap().clone()
+    }
+    pub fn set_grad_state(&self, g: Option<Grad>) {
         *self.0.grad.lock().unwrap() = g;
+    }
+    pub fn has_grad(&self) -> bool {
+        self.0.grad.lock().unwrap().is_some()
     }
     /// Name of the op that produced this Var (None for leaves).
     pub fn op_name(&self) -> Option<&'static str> {

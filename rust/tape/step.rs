@@ -25,7 +25,8 @@ use crate::optim::Rule;
 use crate::tensor::{with_arena, Tensor};
 
 use super::program::{Program, SlotKind};
-use super::Var;
+use super::{Grad, Var};
+use crate::ops::matmul::Outer;
 
 /// One optimizer call: a rule, the parameters it updates (indices into the step's parameter
 /// list) and their state buffers by position (`None`: an absent optional buffer).
@@ -44,15 +45,78 @@ const UPDATE_PAR_MIN: usize = 1 << 20;
 
 /// Apply `rule` to `params` in place with `grads`; state buffers are updated in place too.
 /// Small or single-threaded updates run on the calling thread (no pool handoff).
-pub fn update_vars(rule: &Rule, params: &[Var], states: &[Option<Vec<Var>>], grads: &[&Tensor]) -> Result<()> {
-    let data: Vec<&[f32]> = grads.iter().map(|g| g.data()).collect();
-    let shapes: Vec<&[usize]> = grads.iter().map(|g| g.shape.as_slice()).collect();
-    update_slices(rule, params, states, &data, &shapes)
+/// A gradient deferred by `backward` (`Grad::Outer`) is computed in small blocks as the update
+/// reaches them, never as a whole matrix; each element has the same bits as `Var::grad`'s, so
+/// the update is the same as on the computed gradient.
+pub fn update_vars(rule: &Rule, params: &[Var], states: &[Option<Vec<Var>>], grads: &[&Grad]) -> Result<()> {
+    let src: Vec<Src> = grads
+        .iter()
+        .map(|g| match g {
+            Grad::Dense(t) => Src::Slice(t.data()),
+            Grad::Outer(o) => Src::Outer(o),
+        })
+        .collect();
+    let shapes: Vec<Vec<usize>> = grads.iter().map(|g| g.shape()).collect();
+    update_src(rule, params, states, &src, &shapes.iter().map(|s| s.as_slice()).collect::<Vec<_>>())
 }
 
 /// `update_vars` with each gradient given as a slice and its shape (checked against the
 /// parameter's): the compiled step's split update reads gradients straight from a flat buffer.
 pub fn update_slices(rule: &Rule, params: &[Var], states: &[Option<Vec<Var>>], grads: &[&[f32]], shapes: &[&[usize]]) -> Result<()> {
+    let src: Vec<Src> = grads.iter().map(|g| Src::Slice(g)).collect();
+    update_src(rule, params, states, &src, shapes)
+}
+
+/// Where an update reads one parameter's gradient.
+#[derive(Clone, Copy)]
+enum Src<'a> {
+    Slice(&'a [f32]),
+    Outer(&'a Outer),
+}
+
+impl Src<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Src::Slice(g) => g.len(),
+            Src::Outer(o) => o.numel(),
+        }
+    }
+}
+
+/// Floats of a deferred gradient computed at a time (on the stack, in L1) before the rule
+/// applies them.
+const OUTER_BLOCK: usize = 2048;
+
+/// `rule` on one parameter's elements `start..start + p.len()`, `s` holding the same elements of
+/// its state buffers.
+fn apply_src(rule: &Rule, p: &mut [f32], g: Src, start: usize, s: &mut [Option<&mut [f32]>]) {
+    match g {
+        Src::Slice(g) => rule.apply(p, &g[start..start + p.len()], s),
+        // plain SGD is `p + (-lr) g` (maximize: `-lr (-g)`, the same number): one pass over the
+        // weight, the gradient never stored (the compiled step's fused update does the same)
+        Src::Outer(o) if rule.plain_sgd_factor().is_some() => o.axpy(start, p, rule.plain_sgd_factor().unwrap()),
+        Src::Outer(o) => {
+            let mut buf = [0f32; OUTER_BLOCK];
+            let ns = s.len().min(4);
+            let mut off = 0;
+            while off < p.len() {
+                let len = OUTER_BLOCK.min(p.len() - off);
+                o.fill(start + off, &mut buf[..len]);
+                let mut sub: [Option<&mut [f32]>; 4] = [None, None, None, None];
+                for (d, x) in sub.iter_mut().zip(s.iter_mut()) {
+                    *d = x.as_deref_mut().map(|x| &mut x[off..off + len]);
+                }
+                rule.apply(&mut p[off..off + len], &buf[..len], &mut sub[..ns]);
+                off += len;
+            }
+        }
+    }
+}
+
+fn update_src(rule: &Rule, params: &[Var], states: &[Option<Vec<Var>>], grads: &[Src], shapes: &[&[usize]]) -> Result<()> {
+    if states.len() > 4 {
+        bail!(Value, "optimizer step: {} state buffer lists (at most 4)", states.len());
+    }
     if let Some(k) = rule.required_states().iter().find(|&&k| states.get(k).map_or(true, |s| s.is_none())) {
         bail!(Value, "optimizer step: {rule:?} needs state buffer list {k}");
     }
@@ -93,7 +157,7 @@ pub fn update_slices(rule: &Rule, params: &[Var], states: &[Option<Vec<Var>>], g
             let mut pv = p.value_mut();
             let mut bufs: Vec<Option<_>> = states.iter().map(|s| s.as_ref().map(|s| s[i].value_mut())).collect();
             let mut slices: Vec<Option<&mut [f32]>> = bufs.iter_mut().map(|b| b.as_mut().map(|b| b.make_mut())).collect();
-            rule.apply(pv.make_mut(), grads[i], &mut slices);
+            apply_src(rule, pv.make_mut(), grads[i], 0, &mut slices);
         }
     };
     if work < UPDATE_PAR_MIN || num_threads() == 1 {
@@ -118,21 +182,21 @@ pub fn team_updates() -> usize {
 }
 
 /// Raw parts of one parameter's update: the parameter, its gradient and its state buffers.
-struct UpdateParts {
+struct UpdateParts<'a> {
     p: *mut f32,
-    g: *const f32,
+    g: Src<'a>,
     s: Vec<Option<*mut f32>>,
 }
 // SAFETY: the pointers are only used for disjoint chunks inside one `run_blocks` call, while the
-// caller holds every buffer's write guard (see `update_on_team`)
-unsafe impl Send for UpdateParts {}
-unsafe impl Sync for UpdateParts {}
+// caller holds every buffer's write guard (see `update_on_team`); `g` is only read
+unsafe impl Send for UpdateParts<'_> {}
+unsafe impl Sync for UpdateParts<'_> {}
 
 /// `update_slices`' update split into chunks across the spinning team. Every optimizer rule is
 /// elementwise, so each element gets the same arithmetic whichever thread runs its chunk:
 /// results do not depend on the thread count. None (the caller updates serially) when a buffer
 /// appears twice among the parameters and states, whose write guards could not all be held.
-fn update_on_team(rule: &Rule, params: &[Var], states: &[Option<Vec<Var>>], grads: &[&[f32]]) -> Option<Result<()>> {
+fn update_on_team(rule: &Rule, params: &[Var], states: &[Option<Vec<Var>>], grads: &[Src]) -> Option<Result<()>> {
     let mut ids: Vec<u64> = params.iter().map(|p| p.id()).chain(states.iter().flatten().flatten().map(|v| v.id())).collect();
     let n_ids = ids.len();
     ids.sort_unstable();
@@ -148,7 +212,7 @@ fn update_on_team(rule: &Rule, params: &[Var], states: &[Option<Vec<Var>>], grad
         .zip(grads)
         .map(|((p, s), g)| UpdateParts {
             p: p.make_mut().as_mut_ptr(),
-            g: g.as_ptr(),
+            g: *g,
             s: s.iter_mut().map(|b| b.as_mut().map(|b| b.make_mut().as_mut_ptr())).collect(),
         })
         .collect();
@@ -169,9 +233,8 @@ fn update_on_team(rule: &Rule, params: &[Var], states: &[Option<Vec<Var>>], grad
         // buffers; the guards above keep every buffer alive and unaliased for this call
         unsafe {
             let p = std::slice::from_raw_parts_mut(u.p.add(a), b - a);
-            let g = std::slice::from_raw_parts(u.g.add(a), b - a);
             let mut s: Vec<Option<&mut [f32]>> = u.s.iter().map(|q| q.map(|q| std::slice::from_raw_parts_mut(q.add(a), b - a))).collect();
-            rule.apply(p, g, &mut s);
+            apply_src(rule, p, u.g, a, &mut s);
         }
     });
     drop(sg);

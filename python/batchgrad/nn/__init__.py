@@ -254,7 +254,7 @@ class Module:
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Drop every parameter's gradient (or set it to zeros with ``set_to_none=False``)."""
         for p in self.parameters():
-            if set_to_none or p.grad is None:
+            if set_to_none or not p._v.has_grad:
                 p.grad = None
             else:
                 p.grad = np.zeros(p.shape, dtype=np.float32)

@@ -128,7 +128,7 @@ class Optimizer:
         """Drop the gradients of all parameters (``set_to_none=False`` sets them to zeros)."""
         for g in self.param_groups:
             for p in g["params"]:
-                if set_to_none or p.grad is None:
+                if set_to_none or not p._v.has_grad:
                     p.grad = None
                 else:
                     p.grad = np.zeros(p.shape, dtype=np.float32)
@@ -140,7 +140,7 @@ class Optimizer:
             with enable_grad():
                 loss = closure()
         for g in self.param_groups:
-            ps = [p for p in g["params"] if p.grad is not None]
+            ps = [p for p in g["params"] if p._v.has_grad]
             if ps:
                 for kind, cps, states, scalars in self._calls(g, ps):
                     _run(kind, cps, states, scalars)
