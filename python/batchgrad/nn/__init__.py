@@ -27,7 +27,9 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from .. import _core
-from ..tensor import Tensor, as_tensor
+from ..tensor import Tensor, _wrap, as_tensor
+
+_call2, _MATMUL, _ADD_RELU = _core.call2, _core.op_code("matmul"), _core.op_code("add_relu")
 from . import functional, utils
 from . import functional as F
 
@@ -255,7 +257,7 @@ class Module:
         """Drop every parameter's gradient (or set it to zeros with ``set_to_none=False``)."""
         for p in self.parameters():
             if set_to_none or not p._v.has_grad:
-                p.grad = None
+                p._v.set_grad(None)
             else:
                 p.grad = np.zeros(p.shape, dtype=np.float32)
 
@@ -335,13 +337,16 @@ class Linear(Module):
         """``x @ weight + bias``; with ``relu=True``, ``relu`` of it with the bias add and the
         activation fused into one op (``F.add_relu``)."""
         x = as_tensor(x)
-        if x.ndim == 0 or x.shape[-1] != self.in_features:
-            raise ValueError(f"Linear: expected input with last dimension {self.in_features}, got shape {x.shape}")
+        shape = x._v.shape
+        if not shape or shape[-1] != self.in_features:
+            raise ValueError(f"Linear: expected input with last dimension {self.in_features}, got shape {tuple(shape)}")
         params = self.__dict__["_parameters"]  # one lookup instead of Module.__getattr__ per use
-        y = x @ (params["weight"] if "weight" in params else self.weight)
+        w = params["weight"] if "weight" in params else self.weight
+        # a matrix input straight to the op (as `Tensor.__matmul__` does after its checks)
+        y = _wrap(_call2(_MATMUL, x._v, w._v)) if len(shape) >= 2 else x @ w
         bias = params["bias"] if "bias" in params else self.bias
         if relu:
-            return F.relu(y) if bias is None else F.add_relu(y, bias)
+            return F.relu(y) if bias is None else _wrap(_call2(_ADD_RELU, y._v, bias._v))
         return y if bias is None else y + bias
 
     def extra_repr(self) -> str:
@@ -389,11 +394,11 @@ class Sequential(Module):
         """Each module in turn. A ``Linear`` directly followed by a ``ReLU`` runs as one fused
         bias-add + activation (``F.linear_relu``): same values and gradients, fewer passes."""
         mods = list(self._registries()[1].values())
-        i = 0
-        while i < len(mods):
+        i, n = 0, len(mods)
+        while i < n:
             m = mods[i]
-            if type(m) is Linear and i + 1 < len(mods) and type(mods[i + 1]) is ReLU:
-                x = m.forward(x, relu=True)
+            if type(m) is Linear and i + 1 < n and type(mods[i + 1]) is ReLU:
+                x = m.forward(x, True)
                 i += 2
             else:
                 x = m(x)

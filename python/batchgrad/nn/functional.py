@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from .. import _args, _core
-from ..tensor import _TRACE_DEPTH, Tensor, _op, as_tensor, exp, log, maximum, relu, reshape, sigmoid, tanh
+from ..tensor import _TRACE_DEPTH, Tensor, _op, _wrap, as_tensor, exp, log, maximum, relu, reshape, sigmoid, tanh
 from ..tensor import abs as _abs
 from ..tensor import log_softmax as _log_softmax
 from ..tensor import softmax as _softmax
@@ -24,6 +24,8 @@ __all__ = [
 ]
 
 _REDUCTIONS = ("mean", "sum", "none")
+_call1, _call2 = _core.call1, _core.call2
+_SOFTMAX_XENT, _MEAN = _core.op_code("softmax_xent"), _core.op_code("mean", {"axes": [], "keepdims": False})
 
 
 def _check_reduction(reduction: Any) -> str:
@@ -103,24 +105,27 @@ def cross_entropy(input: Any, target: Any, reduction: str = "mean") -> Tensor:
     """
     reduction = _check_reduction(reduction)
     z = as_tensor(input)
-    if z.ndim == 2 and not _TRACE_DEPTH[0]:
+    zs = z._v.shape
+    if len(zs) == 2 and not _TRACE_DEPTH[0]:
         # the common case straight to the op, which checks every label itself (integer, in range):
         # float32 Tensor labels as they are, integer numpy labels converted (exact below 2^24);
         # when the op refuses them, the checks below raise the error that names the bad label
-        n = z.shape[0]
+        n = zs[0]
         if isinstance(target, Tensor):
-            lab = target if target.dtype == np.float32 and target.shape == (n,) else None
-        elif isinstance(target, np.ndarray) and target.dtype.kind in "iu" and target.shape == (n,) and z.shape[1] <= 1 << 24:
-            lab = Tensor(_core.from_numpy(target.astype(np.float32), False))
+            lab = target._v if target.dtype == np.float32 and target.shape == (n,) else None
+        elif isinstance(target, np.ndarray) and target.dtype.kind in "iu" and target.shape == (n,) and zs[1] <= 1 << 24:
+            lab = _core.from_numpy(target.astype(np.float32), False)
         else:
             lab = None
         if lab is not None:
             try:
-                per = _op("softmax_xent", z, lab)
+                per = _call2(_SOFTMAX_XENT, z._v, lab)
             except ValueError:
                 pass
             else:
-                return _reduce(per, reduction)
+                if reduction == "mean":
+                    return _wrap(_call1(_MEAN, per))
+                return _reduce(_wrap(per), reduction)
     if z.ndim not in (1, 2):
         raise ValueError(f"cross_entropy: expected logits of shape (N, C) or (C,), got shape {z.shape}")
     # A Tensor target stays on the graph (so a traced/compiled step reads each batch's labels);

@@ -129,7 +129,7 @@ class Optimizer:
         for g in self.param_groups:
             for p in g["params"]:
                 if set_to_none or not p._v.has_grad:
-                    p.grad = None
+                    p._v.set_grad(None)
                 else:
                     p.grad = np.zeros(p.shape, dtype=np.float32)
 
