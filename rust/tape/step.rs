@@ -83,9 +83,11 @@ impl Src<'_> {
     }
 }
 
-/// Floats of a deferred gradient computed at a time (on the stack, in L1) before the rule
-/// applies them.
-const OUTER_BLOCK: usize = 2048;
+/// Floats of a deferred gradient computed at a time (64 KiB, in L2) before a rule other than
+/// plain SGD applies them. For such rules deferral is about neutral at batch 1 (the product moves
+/// from the backward into the update: MLP 784-256-256-10, same process, momentum 96.4 vs 95.7 us
+/// per step, Adam 276 vs 272); 2048-float blocks cost Adam more (its per-call constants).
+const OUTER_BLOCK: usize = 1 << 14;
 
 /// `rule` on one parameter's elements `start..start + p.len()`, `s` holding the same elements of
 /// its state buffers.
@@ -96,7 +98,7 @@ fn apply_src(rule: &Rule, p: &mut [f32], g: Src, start: usize, s: &mut [Option<&
         // weight, the gradient never stored (the compiled step's fused update does the same)
         Src::Outer(o) if rule.plain_sgd_factor().is_some() => o.axpy(start, p, rule.plain_sgd_factor().unwrap()),
         Src::Outer(o) => {
-            let mut buf = [0f32; OUTER_BLOCK];
+            let mut buf = vec![0f32; OUTER_BLOCK.min(p.len())];
             let ns = s.len().min(4);
             let mut off = 0;
             while off < p.len() {
