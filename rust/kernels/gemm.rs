@@ -276,28 +276,37 @@ pub(crate) struct SendPtr(pub(crate) *mut f32);
 unsafe impl Send for SendPtr {}
 unsafe impl Sync for SendPtr {}
 
+/// Walk the elements `start..start + len` of the outer product of `a` (m) and `g` (n), a
+/// row-major m x n matrix, one row segment at a time: `seg(o, a[r], g[j0..j0 + l])` for the
+/// segment at offset `o` of the range. The callers' loops over a segment are plain zipped loops,
+/// which vectorise inside `simd::dispatch`.
+#[inline(always)]
+fn outer_segments(a: &[f32], g: &[f32], start: usize, len: usize, mut seg: impl FnMut(usize, f32, &[f32])) {
+    let n = g.len();
+    assert!(n > 0 && start + len <= a.len() * n);
+    let (mut r, mut j0, mut o) = (start / n, start % n, 0);
+    while o < len {
+        let l = (n - j0).min(len - o);
+        seg(o, a[r], &g[j0..j0 + l]);
+        o += l;
+        r += 1;
+        j0 = 0;
+    }
+}
+
 /// `out[i] = (aᵀ g)[start + i]` for vectors `a` (m) and `g` (n), their outer product read as a
 /// row-major m x n matrix: any range of it, computed where it is needed (a deferred weight
 /// gradient at batch 1, `ops::matmul::Outer`). Each element is one product `a[r] g[j]`, the same
 /// bits whichever range computes it (and as a one-row matrix product).
 pub fn outer_range(a: &[f32], g: &[f32], start: usize, out: &mut [f32]) {
-    let n = g.len();
-    assert!(n > 0 && start + out.len() <= a.len() * n);
     super::simd::dispatch(
         #[inline(always)]
         || {
-            // row segment by row segment: plain zipped loops, which vectorise
-            let (mut r, mut j0, mut o) = (start / n, start % n, 0);
-            while o < out.len() {
-                let len = (n - j0).min(out.len() - o);
-                let ar = a[r];
-                for (d, &x) in out[o..o + len].iter_mut().zip(&g[j0..j0 + len]) {
+            outer_segments(a, g, start, out.len(), |o, ar, gs| {
+                for (d, &x) in out[o..o + gs.len()].iter_mut().zip(gs) {
                     *d = ar * x;
                 }
-                o += len;
-                r += 1;
-                j0 = 0;
-            }
+            })
         },
     )
 }
@@ -306,22 +315,14 @@ pub fn outer_range(a: &[f32], g: &[f32], start: usize, out: &mut [f32]) {
 /// (`outer_range`'s elements, the same bits), in one pass over `p`: plain SGD on a deferred weight
 /// gradient, which is never stored (`ops::matmul::Outer::axpy`).
 pub fn outer_axpy(a: &[f32], g: &[f32], start: usize, p: &mut [f32], beta: f32) {
-    let n = g.len();
-    assert!(n > 0 && start + p.len() <= a.len() * n);
     super::simd::dispatch(
         #[inline(always)]
         || {
-            let (mut r, mut j0, mut o) = (start / n, start % n, 0);
-            while o < p.len() {
-                let len = (n - j0).min(p.len() - o);
-                let ar = a[r];
-                for (d, &x) in p[o..o + len].iter_mut().zip(&g[j0..j0 + len]) {
+            outer_segments(a, g, start, p.len(), |o, ar, gs| {
+                for (d, &x) in p[o..o + gs.len()].iter_mut().zip(gs) {
                     *d += beta * (ar * x);
                 }
-                o += len;
-                r += 1;
-                j0 = 0;
-            }
+            })
         },
     )
 }
