@@ -67,19 +67,25 @@ pub fn forward(a: &Tensor, b: &Tensor, ta: bool, tb: bool) -> Result<Tensor> {
     Tensor::new(data, out)
 }
 
-/// `dst += beta * op(A) op(B)` in place, where `dst` has the product's shape: an executor's
-/// epilogue (the compiled step writes a plain-SGD weight update straight into the weight).
-pub fn accumulate_into(a: &Tensor, b: &Tensor, ta: bool, tb: bool, dst: &mut [f32], dst_shape: &[usize], beta: f32) -> Result<()> {
+/// `dst += beta * op(A) op(B)` in place (`dst = beta * op(A) op(B)` without `accumulate`), where
+/// `dst` has the product's shape: an executor's epilogue (the compiled step writes a plain-SGD
+/// weight update straight into the weight, or a scaled gradient straight into an all-reduce
+/// buffer).
+#[allow(clippy::too_many_arguments)]
+pub fn product_into(a: &Tensor, b: &Tensor, ta: bool, tb: bool, dst: &mut [f32], dst_shape: &[usize], beta: f32, accumulate: bool) -> Result<()> {
     let (out, batch, m, k, n) = out_shape(&a.shape, &b.shape, ta, tb)?;
     if out != dst_shape {
         bail!(Shape, "matmul accumulate: product shape {out:?} does not match destination shape {dst_shape:?}");
     }
     if k == 0 {
+        if !accumulate {
+            dst.iter_mut().for_each(|x| *x = 0.0);
+        }
         return Ok(());
     }
     let (a_off, b_off) = batch_offsets(a, b, &batch);
     let (oa, ob) = operands(a, b, ta, tb);
-    gemm::matmul_into(dst, gemm::Epilogue { accumulate: true, alpha: 1.0, beta }, &oa, &ob, &a_off, &b_off, m, k, n);
+    gemm::matmul_into(dst, gemm::Epilogue { accumulate, alpha: 1.0, beta }, &oa, &ob, &a_off, &b_off, m, k, n);
     Ok(())
 }
 

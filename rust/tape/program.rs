@@ -13,6 +13,9 @@ use crate::tensor::Tensor;
 
 use super::Var;
 
+/// What `run_slots` does at a skipped node's position: (slot, the values so far).
+pub type AtSkip<'a> = &'a mut dyn FnMut(usize, &mut [Option<Tensor>]) -> Result<()>;
+
 #[derive(Clone)]
 pub enum SlotKind {
     Input(usize),
@@ -155,7 +158,7 @@ impl Program {
         inputs: &[Tensor],
         last_use: &[usize],
         skip: &[bool],
-        at_skip: &mut dyn FnMut(usize, &mut [Option<Tensor>]) -> Result<()>,
+        at_skip: AtSkip<'_>,
         mut computed: Option<&mut dyn FnMut(usize, &Tensor) -> Result<()>>,
     ) -> Result<Vec<Option<Tensor>>> {
         if inputs.len() != self.num_inputs() {

@@ -24,7 +24,7 @@ use crate::ops::{self, Op};
 use crate::optim::Rule;
 use crate::tensor::{with_arena, Tensor};
 
-use super::program::{Program, SlotKind};
+use super::program::{AtSkip, Program, SlotKind};
 use super::{Grad, Var};
 use crate::ops::matmul::Outer;
 
@@ -365,11 +365,30 @@ impl TrainStep {
         for i in 0..self.params.len() {
             of_slot.entry(self.prog.outputs[self.grad_out[i]]).or_default().push(i);
         }
+        // a weight gradient that is a matmul only the output list reads is computed straight into
+        // its slice of `flat`, times `scale` (no gradient buffer, no copy); skipped by the replay
+        let mut skip = vec![false; self.prog.slots.len()];
+        for s in self.fusable.iter().flatten() {
+            skip[*s] = true;
+        }
         self.on_pool(move || {
             let no = vec![false; self.prog.slots.len()];
             // the flat buffer, which gradients are in it, and the callback, shared by the per-node
             // hook (gradients copied as soon as they are final) and the end of the replay
             let state = std::cell::RefCell::new((flat, vec![false; self.params.len()], ready));
+            let mut direct = |slot: usize, vals: &mut [Option<Tensor>]| -> Result<()> {
+                for i in (0..self.params.len()).filter(|&i| self.fusable[i] == Some(slot)) {
+                    let mut st = state.borrow_mut();
+                    let (flat, done, ready) = &mut *st;
+                    let shape = self.params[i].shape();
+                    self.product_into(i, vals, &mut flat[offsets[i]..offsets[i + 1]], &shape, scale, false, "matmul")?;
+                    done[i] = true;
+                    if let Some(cb) = ready {
+                        cb(i)?;
+                    }
+                }
+                Ok(())
+            };
             let put = |i: usize, g: &Tensor| -> Result<()> {
                 let mut st = state.borrow_mut();
                 let (flat, done, ready) = &mut *st;
@@ -398,7 +417,7 @@ impl TrainStep {
                 Ok(())
             };
             let hook: Option<&mut dyn FnMut(usize, &Tensor) -> Result<()>> = if state.borrow().2.is_some() { Some(&mut computed) } else { None };
-            self.replay(inputs, &no, &no, &[], hook, |loss, vals| {
+            self.replay(inputs, &skip, &no, &mut direct, hook, |loss, vals| {
                 for i in 0..self.params.len() {
                     if !state.borrow().1[i] {
                         put(i, vals[self.prog.outputs[self.grad_out[i]]].as_ref().expect("program output missing"))?;
@@ -499,15 +518,15 @@ impl TrainStep {
     }
 
     /// Replay the program inside the step's arena without the `skip` nodes (`deferred`: those
-    /// whose inputs are kept to the end), making the fused updates `at_node` (slot, parameter,
-    /// SGD factor) at their nodes' positions; checks that the loss is a scalar and returns
+    /// whose inputs are kept to the end), calling `at_skip(slot, values)` at each skipped node's
+    /// position instead (a fused product there); checks that the loss is a scalar and returns
     /// `finish(loss, slot values)`, run before the values go back to the arena.
     fn replay<R>(
         &self,
         inputs: &[Tensor],
         skip: &[bool],
         deferred: &[bool],
-        at_node: &[(usize, usize, f32)],
+        at_skip: AtSkip<'_>,
         computed: Option<&mut dyn FnMut(usize, &Tensor) -> Result<()>>,
         finish: impl FnOnce(f32, &[Option<Tensor>]) -> Result<R>,
     ) -> Result<R> {
@@ -524,13 +543,7 @@ impl TrainStep {
         };
         let mut arena = self.arena.lock().unwrap();
         with_arena(&mut arena, || -> Result<R> {
-            let mut inline_update = |slot: usize, vals: &mut [Option<Tensor>]| -> Result<()> {
-                match at_node.iter().find(|u| u.0 == slot) {
-                    Some(&(_, i, beta)) => self.fused_update(i, beta, vals),
-                    None => Ok(()),
-                }
-            };
-            let vals = self.prog.run_slots(inputs, &last_use, skip, &mut inline_update, computed)?;
+            let vals = self.prog.run_slots(inputs, &last_use, skip, at_skip, computed)?;
             let loss = vals[self.prog.outputs[0]].as_ref().expect("program output missing");
             if loss.data().len() != 1 {
                 bail!(Shape, "compiled step: the loss must be a scalar, got shape {:?}", loss.shape);
@@ -567,7 +580,13 @@ impl TrainStep {
                 }
             }
         }
-        self.replay(inputs, &skip, &deferred, &at_node, None, |loss, vals| {
+        let mut inline_update = |slot: usize, vals: &mut [Option<Tensor>]| -> Result<()> {
+            match at_node.iter().find(|u| u.0 == slot) {
+                Some(&(_, i, beta)) => self.fused_update(i, beta, vals),
+                None => Ok(()),
+            }
+        };
+        self.replay(inputs, &skip, &deferred, &mut inline_update, None, |loss, vals| {
             let (mut grads, mut shapes): (Vec<&[f32]>, Vec<&[usize]>) = (Vec::new(), Vec::new());
             for i in 0..self.params.len() {
                 let g = if fused[i] { None } else { Some(vals[self.prog.outputs[self.grad_out[i]]].as_ref().expect("program output missing")) };
@@ -584,12 +603,19 @@ impl TrainStep {
 
     /// Parameter `i` += beta * (its gradient's matmul), the product's inputs taken from `vals`.
     fn fused_update(&self, i: usize, beta: f32, vals: &[Option<Tensor>]) -> Result<()> {
+        let mut w = self.params[i].value_mut();
+        let shape = w.shape.clone();
+        self.product_into(i, vals, w.make_mut(), &shape, beta, true, "matmul+sgd_update")
+    }
+
+    /// `dst (+)= beta * (parameter i's gradient matmul)` (added to `dst` with `accumulate`), the
+    /// product's inputs taken from `vals`.
+    #[allow(clippy::too_many_arguments)]
+    fn product_into(&self, i: usize, vals: &[Option<Tensor>], dst: &mut [f32], shape: &[usize], beta: f32, accumulate: bool, name: &'static str) -> Result<()> {
         let slot = self.fusable[i].unwrap();
         let SlotKind::Node { op: Op::MatMul { ta, tb }, args } = &self.prog.slots[slot].kind else { unreachable!() };
         let (a, b) = (vals[args[0]].as_ref().expect("fused product input freed"), vals[args[1]].as_ref().expect("fused product input freed"));
-        let mut w = self.params[i].value_mut();
-        let shape = w.shape.clone();
-        let mut acc = || ops::matmul::accumulate_into(a, b, *ta, *tb, w.make_mut(), &shape, beta);
-        if ops::profile::enabled() { ops::profile::timed("matmul+sgd_update", &[a, b], acc) } else { acc() }
+        let mut go = || ops::matmul::product_into(a, b, *ta, *tb, dst, shape, beta, accumulate);
+        if ops::profile::enabled() { ops::profile::timed(name, &[a, b], go) } else { go() }
     }
 }
