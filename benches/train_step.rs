@@ -10,7 +10,7 @@ use std::hint::black_box;
 use batchgrad::ops::Op;
 use batchgrad::optim::Rule;
 use batchgrad::tape::step::update_vars;
-use batchgrad::tape::{self, build};
+use batchgrad::tape::{self, build, Grad};
 use batchgrad::{Tensor, Var};
 use common::{config, lcg};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
@@ -44,7 +44,8 @@ impl Mlp {
         let loss = Var::apply(Op::Mean { axes: vec![], keepdims: false }, &[per_ex]).unwrap();
         tape::backward(&loss, None, false).unwrap();
         // the update as `optimizer.step()` runs it (the shared Rule; inline when small or 1 thread)
-        let grads: Vec<Tensor> = p.iter().map(|v| v.grad().unwrap()).collect();
+        // (as stored: at batch 1 the weight gradients stay deferred, see `tape::Grad`)
+        let grads: Vec<Grad> = p.iter().map(|v| v.grad_state().unwrap()).collect();
         let rule = Rule::Sgd { lr, momentum: 0.0, dampening: 0.0, nesterov: false, wd: 0.0, first: false, maximize: false };
         update_vars(&rule, p, &[None], &grads.iter().collect::<Vec<_>>()).unwrap();
         p.iter().for_each(|v| v.set_grad(None));

@@ -99,8 +99,8 @@ impl PyVar {
         Ok(t.data()[0])
     }
     #[getter]
-    fn grad(&self) -> Option<PyVar> {
-        self.0.grad().map(|g| wrap(Var::leaf(g, false)))
+    fn grad(&self) -> PyResult<Option<PyVar>> {
+        Ok(self.0.grad()?.map(|g| wrap(Var::leaf(g, false))))
     }
     /// Whether a gradient is stored, without computing a deferred one.
     #[getter]

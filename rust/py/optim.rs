@@ -63,23 +63,24 @@ fn adagrad_step(py: Python<'_>, params: Vec<PyRef<PyVar>>, sums: Vec<PyRef<PyVar
 
 /// Sum of squares of the given tensors' gradients (f64, fixed order).
 #[pyfunction]
-fn grad_sq_norm(py: Python<'_>, params: Vec<PyRef<PyVar>>) -> f64 {
-    let gs: Vec<Tensor> = params.iter().filter_map(|p| p.0.grad()).collect();
-    py.detach(|| gs.iter().map(|g| optim::sum_sq(g.data())).sum())
+fn grad_sq_norm(py: Python<'_>, params: Vec<PyRef<PyVar>>) -> PyResult<f64> {
+    let gs: Vec<Option<Tensor>> = params.iter().map(|p| p.0.grad()).collect::<crate::error::Result<_>>()?;
+    Ok(py.detach(|| gs.iter().flatten().map(|g| optim::sum_sq(g.data())).sum()))
 }
 
 /// Multiply every given gradient by `s` in place.
 #[pyfunction]
-fn scale_grads(py: Python<'_>, params: Vec<PyRef<PyVar>>, s: f32) {
+fn scale_grads(py: Python<'_>, params: Vec<PyRef<PyVar>>, s: f32) -> PyResult<()> {
     let ps: Vec<crate::Var> = params.iter().map(|p| p.0.clone()).collect();
-    py.detach(|| {
+    Ok(py.detach(|| -> crate::error::Result<()> {
         for p in ps {
-            if let Some(mut g) = p.grad() {
+            if let Some(mut g) = p.grad()? {
                 optim::scale_inplace(g.make_mut(), s);
                 p.set_grad(Some(g));
             }
         }
-    })
+        Ok(())
+    })?)
 }
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {

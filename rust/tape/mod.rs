@@ -201,16 +201,17 @@ impl Var {
         Ok(())
     }
     /// The accumulated gradient as a tensor. A deferred one (`Grad::Outer`) is computed now and
-    /// kept in its place, so later reads and the optimizer see these same values.
-    pub fn grad(&self) -> Option<Tensor> {
+    /// kept in its place, so later reads and the optimizer see these same values; the error is
+    /// a `Memory` one when its matrix cannot be allocated (the deferred form stays).
+    pub fn grad(&self) -> Result<Option<Tensor>> {
         let mut slot = self.0.grad.lock().unwrap();
-        let t = match slot.as_ref()? {
-            Grad::Dense(t) => return Some(t.clone()),
-            // a product of two valid vectors: its shape is right by construction
-            Grad::Outer(o) => o.materialize().expect("a deferred gradient's product"),
+        let t = match slot.as_ref() {
+            None => return Ok(None),
+            Some(Grad::Dense(t)) => return Ok(Some(t.clone())),
+            Some(Grad::Outer(o)) => o.materialize()?,
         };
         *slot = Some(Grad::Dense(t.clone()));
-        Some(t)
+        Ok(Some(t))
     }
     pub fn set_grad(&self, g: Option<Tensor>) {
         *self.0.grad.lock().unwrap() = g.map(Grad::Dense);
