@@ -12,9 +12,9 @@
 //! calls take every intermediate buffer from it, so a step allocates no tensor storage.
 //!
 //! Split step (data-parallel training): `grads_into` replays forward + backward and puts the
-//! gradients into one flat buffer (a weight gradient's matmul writes its slice directly); `update_from` applies the optimizer calls with
-//! the gradients read from it, so an all-reduce of the buffer can run in between. Both share
-//! `run`'s replay, call checks and update loop.
+//! gradients into one flat buffer (a weight gradient's matmul writes its slice directly);
+//! `update_from` applies the optimizer calls with the gradients read from it, so an all-reduce of
+//! the buffer can run in between. Both share `run`'s replay, call checks and update loop.
 use std::sync::{Arc, Mutex};
 
 use crate::bail;
@@ -355,7 +355,9 @@ impl TrainStep {
     /// (the gradients are all-reduced in between). Each gradient is multiplied by `scale` while
     /// it is copied (a rank's weight in the all-reduced sum; 1 copies it unchanged); a weight
     /// gradient computed by a matmul that only the output list reads is not copied: the matmul
-    /// writes `scale` times its product straight into the gradient's slice (same bits). With
+    /// writes `scale` times its product straight into the gradient's slice. With a power of two
+    /// (equal batches on 1, 2, 4, ... ranks) that is the same number as the copy's; another scale
+    /// may round differently in the last bit (the GEMM may apply it to an operand). With
     /// `ready`, each gradient is copied as soon as the node computing it has run, and `ready(i)`
     /// is called right after parameter i's gradient is in `flat` (so an all-reduce of finished
     /// parts can start while the backward goes on); gradients that are no node's result follow
