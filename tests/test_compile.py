@@ -215,6 +215,22 @@ def test_grads_into_writes_the_programs_gradients_bitwise():
         assert np.array_equal(flat, want * np.float32(scale))
 
 
+def test_grads_into_scale_at_batch_one():
+    """The weight gradients' products write `scale` x product straight into the buffer: with a
+    power of two that is exactly the scaled product; with another scale the GEMM may apply it to
+    an operand at batch 1, which may differ in the last bit (documented), never more."""
+    m, o, step = _split_setup(optim.SGD, lr=0.1)
+    X, y = _split_batches(1, B=1)[0]
+    ts = step.step_for(X, y)
+    want = np.concatenate([g.numpy().ravel() for g in ts.program.run([X._v, y._v])[1:]])
+    flat = np.zeros(_numel(m), np.float32)
+    for scale in (0.5, 0.25, 2.0):
+        ts.grads_into([X._v, y._v], flat, scale)
+        assert np.array_equal(flat, want * np.float32(scale))
+    ts.grads_into([X._v, y._v], flat, 1 / 3)
+    np.testing.assert_allclose(flat, want * np.float32(1 / 3), rtol=1.2e-7, atol=0)
+
+
 def test_grads_into_calls_ready_as_each_gradient_is_final():
     """With `ready`, each gradient is in the buffer when ready(i) is called (the backward goes on
     afterwards: the last layer's gradients come first), and the buffer ends up the same bits."""
