@@ -75,7 +75,7 @@ pub fn forward(a: &Tensor, b: &Tensor, ta: bool, tb: bool) -> Result<Tensor> {
 pub fn product_into(a: &Tensor, b: &Tensor, ta: bool, tb: bool, dst: &mut [f32], dst_shape: &[usize], beta: f32, accumulate: bool) -> Result<()> {
     let (out, batch, m, k, n) = out_shape(&a.shape, &b.shape, ta, tb)?;
     if out != dst_shape {
-        bail!(Shape, "matmul accumulate: product shape {out:?} does not match destination shape {dst_shape:?}");
+        bail!(Shape, "matmul into a buffer: product shape {out:?} does not match destination shape {dst_shape:?}");
     }
     if k == 0 {
         if !accumulate {

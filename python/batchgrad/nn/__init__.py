@@ -28,10 +28,10 @@ import numpy as np
 
 from .. import _core
 from ..tensor import Tensor, _wrap, as_tensor
-
-_call2, _MATMUL, _ADD_RELU = _core.call2, _core.op_code("matmul"), _core.op_code("add_relu")
 from . import functional, utils
 from . import functional as F
+
+_call2, _MATMUL, _ADD_RELU = _core.call2, _core.op_code("matmul"), _core.op_code("add_relu")
 
 __all__ = [
     "Module", "Parameter", "Linear", "Sequential", "MLP", "ReLU", "Tanh", "Sigmoid", "Identity",
