@@ -14,7 +14,7 @@ the all-reduce); examples/s = ranks x per-rank batch / median step time.
 
 Host check: this benchmark's VM has periods (seconds to minutes) in which its two vCPUs do not
 run at the same time. Any cross-core handoff then waits for the host: the all-reduce takes
-560-730 us instead of 110-130. So each 2-rank run times 40 all-reduces of the gradient buffer right
+560-770 us instead of 110-130. So each 2-rank run times 40 all-reduces of the gradient buffer right
 before and right after its timed steps, in the same processes. A run whose check exceeds twice the
 smallest check of the invocation is marked as taken in that mode, and the table gives the median
 over all runs and over the unmarked ones.
