@@ -94,24 +94,30 @@ const OUTER_BLOCK: usize = 1 << 14;
 fn apply_src(rule: &Rule, p: &mut [f32], g: Src, start: usize, s: &mut [Option<&mut [f32]>]) {
     match g {
         Src::Slice(g) => rule.apply(p, &g[start..start + p.len()], s),
-        // plain SGD is `p + (-lr) g` (maximize: `-lr (-g)`, the same number): one pass over the
-        // weight, the gradient never stored (the compiled step's fused update does the same)
-        Src::Outer(o) if rule.plain_sgd_factor().is_some() => o.axpy(start, p, rule.plain_sgd_factor().unwrap()),
-        Src::Outer(o) => {
-            let mut buf = vec![0f32; OUTER_BLOCK.min(p.len())];
-            let ns = s.len().min(4);
-            let mut off = 0;
-            while off < p.len() {
-                let len = OUTER_BLOCK.min(p.len() - off);
-                o.fill(start + off, &mut buf[..len]);
-                let mut sub: [Option<&mut [f32]>; 4] = [None, None, None, None];
-                for (d, x) in sub.iter_mut().zip(s.iter_mut()) {
-                    *d = x.as_deref_mut().map(|x| &mut x[off..off + len]);
-                }
-                rule.apply(&mut p[off..off + len], &buf[..len], &mut sub[..ns]);
-                off += len;
-            }
+        Src::Outer(o) => match rule.plain_sgd_factor() {
+            // plain SGD is `p + (-lr) g` (maximize: `-lr (-g)`, the same number): one pass over
+            // the weight, the gradient never stored (the compiled step's fused update does the same)
+            Some(beta) => o.axpy(start, p, beta),
+            None => apply_outer_blocks(rule, p, o, start, s),
+        },
+    }
+}
+
+/// A rule other than plain SGD on a deferred gradient: its elements `start..` computed block by
+/// block (`OUTER_BLOCK`), each block applied as it is made.
+fn apply_outer_blocks(rule: &Rule, p: &mut [f32], o: &Outer, start: usize, s: &mut [Option<&mut [f32]>]) {
+    let mut buf = vec![0f32; OUTER_BLOCK.min(p.len())];
+    let ns = s.len().min(4);
+    let mut off = 0;
+    while off < p.len() {
+        let len = OUTER_BLOCK.min(p.len() - off);
+        o.fill(start + off, &mut buf[..len]);
+        let mut sub: [Option<&mut [f32]>; 4] = [None, None, None, None];
+        for (d, x) in sub.iter_mut().zip(s.iter_mut()) {
+            *d = x.as_deref_mut().map(|x| &mut x[off..off + len]);
         }
+        rule.apply(&mut p[off..off + len], &buf[..len], &mut sub[..ns]);
+        off += len;
     }
 }
 
