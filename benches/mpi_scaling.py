@@ -82,14 +82,19 @@ def worker(args: argparse.Namespace) -> None:
             res["steps"][f"{opt_name}/{b}"] = statistics.median(times)
             if world.size > 1:
                 res.setdefault("probe", {})[f"{opt_name}/{b}"] = max(before, probe(world))
-            if world.size > 1 and args.bucket_mb:
-                # the same model, a second step that all-reduces in buckets during the backward;
-                # blocks of steps alternate between the two (each block's median)
-                bucketed = bg.compile_step(model, bg.nn.CrossEntropyLoss(), opt, (X, y), distributed=True,
-                                           bucket_mb=args.bucket_mb)
-                blocks: dict[str, list[float]] = {"one": [], "buckets": []}
+            if world.size > 1 and (args.bucket_mb or args.vs_allreduce):
+                # the same model, a second step that reduces another way; blocks of steps alternate
+                # between the two (each block's median)
+                if args.bucket_mb:  # all-reduces in buckets during the backward
+                    other = bg.compile_step(model, bg.nn.CrossEntropyLoss(), opt, (X, y), distributed=True,
+                                            bucket_mb=args.bucket_mb)
+                else:  # one MPI all-reduce per step instead of the shared-memory exchange
+                    os.environ["BATCHGRAD_MPI_SHARED"] = "0"
+                    other = bg.compile_step(model, bg.nn.CrossEntropyLoss(), opt, (X, y), distributed=True)
+                    del os.environ["BATCHGRAD_MPI_SHARED"]
+                blocks: dict[str, list[float]] = {"one": [], "other": []}
                 for _ in range(6):
-                    for name, st in (("one", step), ("buckets", bucketed)):
+                    for name, st in (("one", step), ("other", other)):
                         bg.distributed.barrier()
                         v = []
                         for _ in range(max(5, args.steps // 4)):
@@ -97,8 +102,9 @@ def worker(args: argparse.Namespace) -> None:
                             st(X, y)
                             v.append(time.perf_counter() - t0)
                         blocks[name].append(statistics.median(v))
-                res["buckets"] = {"one": statistics.median(blocks["one"]), "buckets": statistics.median(blocks["buckets"]),
-                                  "n": len(bucketed.reducer.buckets)}
+                res.setdefault("alt", {})[f"{opt_name}/{b}"] = {
+                    "one": statistics.median(blocks["one"]), "other": statistics.median(blocks["other"]),
+                    "n": len(other.reducer.buckets), "shared": [step.reducer.shared, other.reducer.shared]}
     if world.size > 1:
         buf = np.zeros(N_PARAMS + 5, np.float32)
         ts = []
@@ -119,7 +125,7 @@ def run(n: int, args: argparse.Namespace, batches: str) -> dict:
     env = dict(os.environ, BATCHGRAD_NUM_THREADS="1", OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
     cmd = ["mpirun", "-n", str(n), "--oversubscribe", "--bind-to", "core", sys.executable, __file__, "--worker", out,
            "--batches", batches, "--steps", str(args.steps), "--optimizers", args.optimizers,
-           "--bucket-mb", str(args.bucket_mb)]
+           "--bucket-mb", str(args.bucket_mb)] + (["--vs-allreduce"] if args.vs_allreduce else [])
     subprocess.run(cmd, env=env, check=True)
     with open(out) as f:
         return json.load(f)
@@ -136,6 +142,8 @@ def main() -> None:
     ap.add_argument("--optimizers", default="sgd,momentum")
     ap.add_argument("--bucket-mb", type=float, default=0.0,
                     help="also time 2-rank steps with compile_step(bucket_mb=...) (overlap), alternating with one all-reduce")
+    ap.add_argument("--vs-allreduce", action="store_true",
+                    help="also time 2-rank steps with one MPI all-reduce instead of the shared-memory exchange, alternating")
     args = ap.parse_args()
     if args.worker:
         worker(args)
@@ -145,13 +153,13 @@ def main() -> None:
     one: dict[str, list[float]] = {}
     two: dict[str, list[float]] = {}
     ar: list[float] = []
-    bk: list[tuple[float, float, int]] = []
+    bk: dict[str, list[tuple[float, float, int]]] = {}
     checks: dict[str, list[float]] = {}
     for _ in range(args.repeats):
         r1, r2 = run(1, args, str(b)), run(2, args, str(b))
         ar.append(r2["allreduce"])
-        if "buckets" in r2:
-            bk.append((r2["buckets"]["one"], r2["buckets"]["buckets"], r2["buckets"]["n"]))
+        for k, v in r2.get("alt", {}).items():
+            bk.setdefault(k, []).append((v["one"], v["other"], v["n"]))
         for k in r1["steps"]:
             e1 = b / r1["steps"][k]
             e2 = 2 * b / r2["steps"][k]
@@ -175,11 +183,12 @@ def main() -> None:
               f"{', '.join(f'{r:.2f}' + ('*' if s_ else '') for r, s_ in zip(ratios[k], slow))} |")
     print(f"\nHost check (median of 40 all-reduces before and after each 2-rank run's steps, the larger): smallest "
           f"{floor * 1e6:.0f} us; " + "; ".join(f"{k.split('/')[0]}: " + ", ".join(f"{c * 1e6:.0f}" for c in v) for k, v in checks.items()) + " us.")
-    if bk:
-        print(f"\n2 ranks, one all-reduce after the backward vs buckets of {args.bucket_mb:g} MiB "
-              f"({bk[0][2]} buckets) sent during it, same processes, alternating blocks: step time median "
-              f"{statistics.median(x[0] for x in bk) * 1e3:.3f} vs {statistics.median(x[1] for x in bk) * 1e3:.3f} ms; "
-              "one / buckets per run: " + ", ".join(f"{a / b_:.3f}" for a, b_, _ in bk))
+    for k, v in bk.items():
+        how = (f"buckets of {args.bucket_mb:g} MiB ({v[0][2]} buckets) all-reduced during the backward" if args.bucket_mb
+               else "one MPI all-reduce per step")
+        print(f"\n2 ranks, {k.split('/')[0]}: the default step against {how}, same processes, alternating blocks: "
+              f"step time median {statistics.median(x[0] for x in v) * 1e3:.3f} vs {statistics.median(x[1] for x in v) * 1e3:.3f} ms; "
+              "other / default per run: " + ", ".join(f"{b_ / a:.3f}" for a, b_, _ in v))
     S = 4 * (N_PARAMS + 5)
     t_ar = statistics.median(ar)
     print(f"\nAll-reduce of the {S / 1e6:.2f} MB gradient buffer between 2 ranks on this machine (shared memory): "

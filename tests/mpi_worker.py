@@ -39,6 +39,14 @@ def params(model: bg.nn.Module) -> dict[str, np.ndarray]:
 
 def train(scenario: str, out: str) -> None:
     world = bg.distributed.init()
+    reducers: list[bg.distributed.GradientReducer] = []  # every reducer made (fit makes its own), to report how it sums
+    make_reducer = bg.distributed.GradientReducer.__init__
+
+    def record(self, *a, **k) -> None:
+        make_reducer(self, *a, **k)
+        reducers.append(self)
+
+    bg.distributed.GradientReducer.__init__ = record
     _, opt_name, *rest = scenario.split("-")  # train-<momentum|adam>[-acc2][-compiled]
     X, y, Xv, yv = data()
     ds = bg.data.ArrayDataset(X, y)
@@ -75,6 +83,7 @@ def train(scenario: str, out: str) -> None:
                    distributed=True, checkpoint=ckpt, progress=world.rank == 0)
         extra = {"loss": np.array(h.loss), "val_loss": np.array(h.val_loss), "val_acc": np.array(h.val_accuracy),
                  "train_acc": np.array(h.train_accuracy), "steps": np.array(h.steps)}
+    extra["shared"] = np.array([r.shared for r in reducers])
     p = params(model)
     gathered = bg.distributed.allgather(p)
     same = all(all(np.array_equal(g[k], p[k]) for k in p) for g in gathered)

@@ -329,6 +329,60 @@ def test_split_step_flat_buffer_errors():
     assert np.isfinite(ts.grads_into(ins, flat)) and np.any(flat != 0)
 
 
+@pytest.mark.parametrize("opt_cls,kw", [(optim.SGD, {"lr": 0.1}), (optim.SGD, {"lr": 0.1, "momentum": 0.9, "nesterov": True}),
+                                         (optim.Adam, {"lr": 1e-2, "weight_decay": 0.01})],
+                         ids=["sgd", "sgd-nesterov", "adam"])
+@pytest.mark.parametrize("k", [2, 3])
+def test_update_from_a_list_adds_the_buffers_in_order_bitwise(opt_cls, kw, k):
+    """update_from([g0, g1, ...]) (the ranks' gradients in shared memory) is update_from of
+    ((g0 + g1) + g2) summed by numpy, bit for bit; the 200 x 100 weight crosses the update's
+    16k-float blocks."""
+    r = np.random.default_rng(5)
+    X, y = bg.tensor(r.normal(size=(4, 200))), bg.tensor(r.integers(0, 4, 4).astype(np.float32))
+    ms, steps = [], []
+    for _ in range(2):
+        m = nn.MLP([200, 100, 4], seed=0)
+        ms.append(m)
+        steps.append(bg.compile_step(m, F.cross_entropy, opt_cls(m.parameters(), **kw)))
+    n = _numel(ms[0])
+    assert max(int(np.prod(p.shape)) for p in ms[0].parameters()) > 1 << 14
+    for _ in range(3):
+        bufs = [r.normal(size=n).astype(np.float32) * np.float32(10.0 ** -i) for i in range(k)]
+        total = bufs[0].copy()
+        for b in bufs[1:]:
+            total += b
+        steps[0].step_for(X, y).update_from(total, steps[0]._calls())
+        steps[1].step_for(X, y).update_from(bufs, steps[1]._calls())
+    for (name, a), (_, b) in zip(ms[0].state_dict().items(), ms[1].state_dict().items()):
+        assert np.array_equal(a.view(np.uint32), b.view(np.uint32)), name
+    assert not np.array_equal(nn.MLP([200, 100, 4], seed=0).state_dict()["0.weight"], ms[1].state_dict()["0.weight"])
+    # one term fewer gives other parameters: every buffer is read
+    m3 = nn.MLP([200, 100, 4], seed=0)
+    s3 = bg.compile_step(m3, F.cross_entropy, opt_cls(m3.parameters(), **kw))
+    for _ in range(3):
+        s3.step_for(X, y).update_from(bufs[:-1], s3._calls())
+    assert not np.array_equal(m3.state_dict()["0.weight"], ms[1].state_dict()["0.weight"])
+
+
+def test_update_from_a_list_errors():
+    m, o, step = _split_setup(optim.SGD, lr=0.1, momentum=0.9)
+    X, y = _split_batches(1)[0]
+    ts = step.step_for(X, y)
+    n = _numel(m)
+    w = [p.numpy().copy() for p in m.parameters()]
+    with pytest.raises(ValueError, match="no gradient buffer"):
+        ts.update_from([], step._calls())
+    with pytest.raises(ValueError, match=rf"\b{n + 1}\b.*\b{n}\b"):
+        ts.update_from([np.zeros(n, np.float32), np.zeros(n + 1, np.float32)], step._calls())
+    with pytest.raises(TypeError, match="float32 array or a list of them"):
+        ts.update_from([np.zeros(n, np.float32), np.zeros(n, np.float64)], step._calls())
+    with pytest.raises(TypeError, match="float32 array or a list of them"):
+        ts.update_from("gradients", step._calls())
+    with pytest.raises((ValueError, TypeError), match="contiguous"):
+        ts.update_from([np.zeros(n, np.float32), np.zeros(2 * n, np.float32)[::2]], step._calls())
+    assert all(np.array_equal(a, p.numpy()) for a, p in zip(w, m.parameters()))  # nothing applied
+
+
 @pytest.mark.parametrize("kw", [{"lr": 0.1}, {"lr": 1e-2, "momentum": 0.9}])
 def test_steady_state_split_steps_allocate_no_tensor_storage(kw):
     m, o, step = _split_setup(optim.SGD, **kw)

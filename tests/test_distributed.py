@@ -146,6 +146,67 @@ def test_bucketed_all_reduce_overlaps_the_backward_and_changes_no_bit(tmp_path):
             assert one[k].tobytes() == two[k].tobytes(), k
 
 
+@pytest.mark.parametrize("scenario", ["train-momentum-compiled", "train-adam", "train-adam-uneven", "train-adam-uneven-compiled"])
+def test_shared_memory_exchange_is_the_all_reduce_bit_for_bit(tmp_path, scenario):
+    """On one machine the ranks sum through an MPI shared-memory window by default (each rank
+    writes its gradients into its slot, one barrier, every rank adds all slots in rank order as
+    it updates); BATCHGRAD_MPI_SHARED=0 takes MPI's all-reduce. Two ranks give the same bits
+    either way: fit and the compiled step, equal and unequal batches (a second exchange)."""
+    res = {}
+    for flag in ("1", "0"):
+        d = tmp_path / flag
+        d.mkdir()
+        r = mpirun(2, scenario, d / "r.npz", env={"BATCHGRAD_MPI_SHARED": flag})
+        assert r.returncode == 0, r.stdout + r.stderr
+        res[flag] = np.load(d / "r.npz")
+        assert bool(res[flag]["same_on_all_ranks"])
+    assert res["1"]["shared"].tolist() == [True] and res["0"]["shared"].tolist() == [False]
+    one, two = res["1"], res["0"]
+    keys = [k for k in one.files if k.startswith("param.") or k == "loss"]
+    assert len(keys) == 5
+    for k in keys:
+        assert one[k].tobytes() == two[k].tobytes(), k
+    m0 = bg.nn.MLP(W.SIZES, seed=0)
+    assert not np.array_equal(one["param.0.weight"], m0.state_dict()["0.weight"])
+
+
+def test_three_ranks_in_shared_memory_equal_one_process(tmp_path):
+    """Three ranks (oversubscribed on two cores) add three slots, alternating slots each round:
+    the parameters are one process's at three times the batch, and MPI's all-reduce's."""
+    res = {}
+    for flag in ("1", "0"):
+        out = tmp_path / f"{flag}.npz"
+        r = mpirun(3, "train-momentum-compiled", out, env={"BATCHGRAD_MPI_SHARED": flag})
+        assert r.returncode == 0, r.stdout + r.stderr
+        res[flag] = np.load(out)
+        assert bool(res[flag]["same_on_all_ranks"]) and int(res[flag]["size"]) == 3
+    assert res["1"]["shared"].tolist() == [True] and res["0"]["shared"].tolist() == [False]
+    model, opt = W.make("momentum", 0)
+    step = bg.compile_step(model, bg.nn.CrossEntropyLoss(), opt)
+    losses = [float(step(x, y)) for x, y in _union_batches(2, 3, 1)]
+    for got in res.values():
+        _assert_params_close(got, W.params(model))
+        np.testing.assert_allclose(got["loss"], losses, rtol=1e-5)
+    for k in res["1"].files:
+        if k.startswith("param."):
+            np.testing.assert_allclose(res["1"][k], res["0"][k], rtol=0, atol=1e-6 * np.abs(res["0"][k]).max())
+
+
+def test_reducer_shared_arguments(monkeypatch):
+    shapes = [(4, 3), (3,)]
+    assert not bg.distributed.GradientReducer(shapes).shared  # a 1-process world has no window
+    for bad in ("yes", 1, 0.0):
+        with pytest.raises(ValueError, match="shared must be None, True or False"):
+            bg.distributed.GradientReducer(shapes, shared=bad)
+    with pytest.raises(ValueError, match="takes no buckets"):
+        bg.distributed.GradientReducer(shapes, bucket_bytes=64, shared=True)
+    monkeypatch.setenv("BATCHGRAD_MPI_SHARED", "maybe")
+    with pytest.raises(ValueError, match="BATCHGRAD_MPI_SHARED must be 0 or 1, got 'maybe'"):
+        bg.distributed.GradientReducer(shapes)
+    monkeypatch.setenv("BATCHGRAD_MPI_SHARED", "0")
+    assert not bg.distributed.GradientReducer(shapes).shared
+
+
 def test_reducer_buckets_and_arguments():
     shapes = [(4, 3), (3,), (3, 5), (5,)]  # 48, 12, 60, 20 bytes
     assert bg.distributed.GradientReducer(shapes).buckets == [(0, 4)]

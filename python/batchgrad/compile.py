@@ -157,7 +157,7 @@ class CompiledStep:
 
         out = red.reduce(fill, n, self._mean, [loss * n if self._mean else loss], err)
         st, total = out  # every rank passes a batch, so never None
-        ts.update_from(red.flat, self._calls())
+        ts.update_from(red.summed(), self._calls())
         return float(st[0] / total) if self._mean else float(st[0])
 
     def to_model(self) -> Any:

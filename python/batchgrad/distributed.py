@@ -337,10 +337,24 @@ class GradientReducer:
     the step's outcome is known; a rank that failed first sends zeros for the buckets it had not
     sent, so every rank makes the same collectives in the same order. Each element is summed
     over the ranks as without buckets, so the results are the same bits.
+
+    **Shared memory** (``shared``; by default when every rank is on one machine and there are no
+    buckets; ``BATCHGRAD_MPI_SHARED=0`` turns the default off): instead of an all-reduce, each
+    rank's buffer is its slot in an MPI-3 shared-memory window (``MPI_Win_allocate_shared`` on the
+    machine's communicator), the step's gradients are written straight into it, one
+    ``MPI_Barrier`` (under the time-out) makes all slots visible, and every rank reads all of
+    them: the metadata is summed here, the gradients by ``TrainStep.update_from(summed())``,
+    which adds the slots in rank order block by block as it applies the update (no all-reduce
+    copy, no pass writing the sum); :attr:`grads` sums them in the same order. Every rank adds
+    the same numbers in the same order, so all get the same bits: the sum of two ranks is the
+    all-reduce's bit for bit. Each rank has two slots and alternates between them each round, so
+    one barrier per round suffices: a slot is written again only two rounds later, after a
+    barrier no rank passes before it has read it. MLP 784-256-256-10, 2 ranks x 1 thread, batch
+    256 per rank, the same processes alternating: see ``benches/RESULTS.md``.
     """
 
     def __init__(self, shapes: list[tuple[int, ...]], n_stats: int = 0, world: World | None = None,
-                 bucket_bytes: int = 0) -> None:
+                 bucket_bytes: int = 0, shared: bool | None = None) -> None:
         self.world = world or get_world()
         self.shapes = [tuple(int(d) for d in s) for s in shapes]
         self.numels = [int(np.prod(s, dtype=np.int64)) for s in self.shapes]
@@ -369,7 +383,92 @@ class GradientReducer:
         self._queue: Any = None
         self._comm_error: BaseException | None = None
         self.early_sends = 0  # buckets sent from ready(), i.e. while the backward was running
+        self._win: Any = None  # the shared-memory window (shared=True), see _init_shared
+        self._read: list[np.ndarray] | None = None  # the slots of the last exchange, every rank's
+        self._sum: np.ndarray | None = None
+        if shared is not None and not isinstance(shared, bool):
+            raise ValueError(f"GradientReducer: shared must be None, True or False, got {shared!r}")
+        if shared and bucket_bytes:
+            raise ValueError("GradientReducer: shared=True exchanges whole buffers once per step; it takes no "
+                             f"buckets (bucket_bytes={bucket_bytes})")
+        if shared is None:
+            env = os.environ.get("BATCHGRAD_MPI_SHARED", "").strip().lower()
+            if env not in ("", "0", "1"):
+                raise ValueError(f"BATCHGRAD_MPI_SHARED must be 0 or 1, got {env!r}")
+            want = env != "0" and not bucket_bytes
+        else:
+            want = shared
+        if self.world.size > 1 and self.world.comm is not None:
+            self._init_shared(want, shared is True)
         self.begin()
+
+    def _init_shared(self, want: bool, forced: bool) -> None:
+        """Decide, the same on every rank, whether the ranks sum through shared memory (all of
+        them want to and are on one machine), and if so allocate the window: two slots per rank
+        (rounds alternate between them), each the size of :attr:`buf`. A collective."""
+        w, MPI = self.world, _mpi()
+        node = w.comm.Split_type(MPI.COMM_TYPE_SHARED, key=w.rank)
+        here = node.Get_size()
+        flags = np.array([1 if want else 0, 1 if here == w.size else 0], np.int64)
+        allreduce_(flags, "min", w, "shared-memory check")
+        if not flags.all():
+            node.Free()
+            if forced and flags[0]:
+                raise ValueError(f"GradientReducer: shared=True needs all {w.size} ranks on one machine "
+                                 "(some machine has fewer)")
+            return
+        n = self.buf.size
+        info = MPI.Info.Create()
+        info.Set("alloc_shared_noncontig", "true")  # each rank's slots page-aligned, near its own core
+        win = MPI.Win.Allocate_shared(2 * n * 4, 4, info=info, comm=node)
+        info.Free()
+        win.Lock_all(MPI.MODE_NOCHECK)
+        views = [np.ndarray(buffer=win.Shared_query(q)[0], dtype=np.float32, shape=(2, n)) for q in range(w.size)]
+        views[w.rank][:] = 0.0
+        self._win, self._node = win, node
+        self._slots = [[v[k] for v in views] for k in range(2)]  # [round % 2][rank]
+        self._k = 0  # the slot this rank writes next
+        self.buf = self._slots[0][w.rank]
+        _watchdog.run("shared-memory setup", w, node.Barrier)
+
+    @property
+    def shared(self) -> bool:
+        """Whether the ranks sum through shared memory (one machine) rather than an all-reduce."""
+        return self._win is not None
+
+    def _exchange(self, what: str) -> None:
+        """Shared memory: make this rank's slot (:attr:`buf`) visible to all and wait for every
+        rank's; then read those slots, and write the next round into the other slot. A rank
+        writes a slot again two rounds later, after the next round's barrier, which no rank passes
+        before it has finished reading this round's."""
+        w, win, node = self.world, self._win, self._node
+
+        def sync() -> None:
+            win.Sync()
+            node.Barrier()
+            win.Sync()
+
+        _watchdog.run(what, w, sync)
+        self._read = self._slots[self._k]
+        self._sum = None
+        self._k ^= 1
+        self.buf = self._slots[self._k][w.rank]
+
+    def summed(self) -> np.ndarray | list[np.ndarray]:
+        """What :meth:`reduce` left for the update, in the layout of :attr:`flat`: the summed
+        gradients (after an all-reduce), or, in shared memory, every rank's gradients, which
+        ``TrainStep.update_from`` adds in rank order as it reads them (no pass writing the sum)."""
+        if self._read is None:
+            return self.flat
+        return [s[self.n_meta:] for s in self._read]
+
+    def _total(self) -> np.ndarray:
+        """The sum of the last exchange's slots, in rank order (the order ``update_from`` adds in)."""
+        if self._sum is None:
+            self._sum = self._read[0].copy()
+            for s in self._read[1:]:
+                self._sum += s
+        return self._sum
 
     @property
     def meta(self) -> np.ndarray:
@@ -384,7 +483,7 @@ class GradientReducer:
     @property
     def grads(self) -> list[np.ndarray]:
         """The reduced gradients, views into the buffer, in parameter order."""
-        f = self.flat
+        f = self.flat if self._read is None else self._total()[self.n_meta:]
         return [f[a:b].reshape(s) for a, b, s in zip(self.offsets[:-1], self.offsets[1:], self.shapes)]
 
     def pack(self, grads: list[np.ndarray | None], scale: float) -> None:
@@ -458,6 +557,7 @@ class GradientReducer:
         w, buf = self.world, self.buf
         W, self.step = w.size, self.step + 1
         ok = error is None and has_batch
+        what = f"gradient all-reduce (step {self.step})"
         try:
             if ok:
                 fill(1.0 / W if mean else 1.0, False)
@@ -466,21 +566,26 @@ class GradientReducer:
                     a, e = self._span(b)
                     buf[a:e] = 0.0
             self._finish_buckets()
-            meta = self.meta
+            meta = buf[: self.n_meta]
             meta[:] = 0.0
             if stats is not None:
                 meta[: self.n_stats] = np.asarray(stats, np.float32)
-            counts = meta[self.n_stats: self.n_stats + W]
-            counts[w.rank] = n + 1 if (has_batch or error is not None) else 0
+            meta[self.n_stats + w.rank] = n + 1 if (has_batch or error is not None) else 0
             meta[-1] = 1.0 if error is not None else 0.0
-            a, e = self._span(len(self.buckets) - 1)
-            allreduce_(buf[:e], "sum", w, f"gradient all-reduce (step {self.step})")
+            if self._win is None:
+                a, e = self._span(len(self.buckets) - 1)
+                allreduce_(buf[:e], "sum", w, what)
+            else:
+                self._exchange(what)
+                meta = self._read[0][: self.n_meta].copy()
+                for s in self._read[1:]:
+                    meta += s[: self.n_meta]
         finally:
             self.begin()
         if meta[-1] > 0:
             self._raise(error)
         st = meta[: self.n_stats].astype(np.float64)
-        c = counts.astype(np.int64)
+        c = meta[self.n_stats: self.n_stats + W].astype(np.int64)
         if not c.any():
             return None
         if not c.all():
@@ -493,8 +598,12 @@ class GradientReducer:
         if mean and total > 0 and (c != c[0]).any():  # unequal batches: weight each rank by n / N
             if ok:
                 fill(n / total, True)
-            meta[:] = 0.0
-            allreduce_(buf, "sum", w, f"gradient all-reduce (step {self.step}, unequal batches {c.tolist()})")
+            self.buf[: self.n_meta] = 0.0
+            what = f"gradient all-reduce (step {self.step}, unequal batches {c.tolist()})"
+            if self._win is None:
+                allreduce_(self.buf, "sum", w, what)
+            else:
+                self._exchange(what)
         return st, total
 
     def _raise(self, error: BaseException | None) -> None:

@@ -493,11 +493,22 @@ impl PyTrainStep {
         Ok(out?)
     }
     /// Apply every optimizer call (as `run` does, never fused) with the gradients read from
-    /// `flat` (float32, contiguous, the layout `grads_into` writes).
-    fn update_from(&self, py: Python<'_>, flat: PyReadonlyArray1<'_, f32>, calls: Vec<PyCall<'_>>) -> PyResult<()> {
+    /// `flat` (float32, contiguous, the layout `grads_into` writes), or from the elementwise sum
+    /// of a list of such arrays, added in list order block by block as the update reads them
+    /// (the ranks of one machine, each having written its gradients into shared memory).
+    fn update_from(&self, py: Python<'_>, flat: &Bound<'_, PyAny>, calls: Vec<PyCall<'_>>) -> PyResult<()> {
         let calls = calls_from_py(calls)?;
-        let flat = flat.as_slice().map_err(|_| PyValueError::new_err(format!("TrainStep.update_from: flat must be a C-contiguous float32 array, got strides {:?}", flat.strides())))?;
-        Ok(py.detach(|| self.0.update_from(flat, &calls))?)
+        let arrays: Vec<PyReadonlyArray1<'_, f32>> = match flat.extract::<PyReadonlyArray1<'_, f32>>() {
+            Ok(a) => vec![a],
+            Err(_) => flat.extract().map_err(|_| {
+                PyTypeError::new_err("TrainStep.update_from: flat must be a 1-D float32 array or a list of them")
+            })?,
+        };
+        let mut flats: Vec<&[f32]> = Vec::with_capacity(arrays.len());
+        for a in &arrays {
+            flats.push(a.as_slice().map_err(|_| PyValueError::new_err(format!("TrainStep.update_from: flat must be a C-contiguous float32 array, got strides {:?}", a.strides())))?);
+        }
+        Ok(py.detach(|| self.0.update_from_sum(&flats, &calls))?)
     }
     /// Which parameters these calls update through the fused matmul epilogue (no gradient buffer).
     fn fused(&self, calls: Vec<PyCall<'_>>) -> PyResult<Vec<bool>> {
@@ -515,7 +526,7 @@ fn fresh_allocations() -> usize {
     crate::tensor::fresh_allocations()
 }
 
-/// Eager optimizer updates run on the spinning team so far (see `tape::step::update_slices`).
+/// Eager optimizer updates run on the spinning team so far (see `tape::step::update_src`).
 #[pyfunction]
 fn team_updates() -> usize {
     crate::tape::step::team_updates()

@@ -60,18 +60,15 @@ pub fn update_vars(rule: &Rule, params: &[Var], states: &[Option<Vec<Var>>], gra
     update_src(rule, params, states, &src, &shapes.iter().map(|s| s.as_slice()).collect::<Vec<_>>())
 }
 
-/// `update_vars` with each gradient given as a slice and its shape (checked against the
-/// parameter's): the compiled step's split update reads gradients straight from a flat buffer.
-pub fn update_slices(rule: &Rule, params: &[Var], states: &[Option<Vec<Var>>], grads: &[&[f32]], shapes: &[&[usize]]) -> Result<()> {
-    let src: Vec<Src> = grads.iter().map(|g| Src::Slice(g)).collect();
-    update_src(rule, params, states, &src, shapes)
-}
-
 /// Where an update reads one parameter's gradient.
 #[derive(Clone, Copy)]
 enum Src<'a> {
     Slice(&'a [f32]),
     Outer(&'a Outer),
+    /// The elementwise sum of equal-length slices, added in list order (`((g0 + g1) + g2) ...`):
+    /// the gradients of data-parallel ranks read where each rank wrote them (see
+    /// `TrainStep::update_from`).
+    Sum(&'a [&'a [f32]]),
 }
 
 impl Src<'_> {
@@ -79,6 +76,7 @@ impl Src<'_> {
         match self {
             Src::Slice(g) => g.len(),
             Src::Outer(o) => o.numel(),
+            Src::Sum(gs) => gs[0].len(),
         }
     }
 }
@@ -100,18 +98,26 @@ fn apply_src(rule: &Rule, p: &mut [f32], g: Src, start: usize, s: &mut [Option<&
             Some(beta) => o.axpy(start, p, beta),
             None => apply_outer_blocks(rule, p, o, start, s),
         },
+        Src::Sum([g]) => rule.apply(p, &g[start..start + p.len()], s),
+        Src::Sum(gs) => apply_blocks(rule, p, s, |off, buf| {
+            let (a, n) = (start + off, buf.len());
+            buf.copy_from_slice(&gs[0][a..a + n]);
+            for g in &gs[1..] {
+                buf.iter_mut().zip(&g[a..a + n]).for_each(|(d, &v)| *d += v);
+            }
+        }),
     }
 }
 
-/// A rule other than plain SGD on a deferred gradient: its elements `start..` computed block by
-/// block (`OUTER_BLOCK`), each block applied as it is made.
-fn apply_outer_blocks(rule: &Rule, p: &mut [f32], o: &Outer, start: usize, s: &mut [Option<&mut [f32]>]) {
+/// `rule` applied block by block (`OUTER_BLOCK` floats, in L2), `fill(off, buf)` writing the
+/// gradient's elements `off..off + buf.len()` (relative to `p`) into `buf` just before.
+fn apply_blocks(rule: &Rule, p: &mut [f32], s: &mut [Option<&mut [f32]>], mut fill: impl FnMut(usize, &mut [f32])) {
     let mut buf = vec![0f32; OUTER_BLOCK.min(p.len())];
     let ns = s.len().min(4);
     let mut off = 0;
     while off < p.len() {
         let len = OUTER_BLOCK.min(p.len() - off);
-        o.fill(start + off, &mut buf[..len]);
+        fill(off, &mut buf[..len]);
         let mut sub: [Option<&mut [f32]>; 4] = [None, None, None, None];
         for (d, x) in sub.iter_mut().zip(s.iter_mut()) {
             *d = x.as_deref_mut().map(|x| &mut x[off..off + len]);
@@ -119,6 +125,12 @@ fn apply_outer_blocks(rule: &Rule, p: &mut [f32], o: &Outer, start: usize, s: &m
         rule.apply(&mut p[off..off + len], &buf[..len], &mut sub[..ns]);
         off += len;
     }
+}
+
+/// A rule other than plain SGD on a deferred gradient: its elements `start..` computed block by
+/// block (`OUTER_BLOCK`), each block applied as it is made.
+fn apply_outer_blocks(rule: &Rule, p: &mut [f32], o: &Outer, start: usize, s: &mut [Option<&mut [f32]>]) {
+    apply_blocks(rule, p, s, |off, buf| o.fill(start + off, buf))
 }
 
 fn update_src(rule: &Rule, params: &[Var], states: &[Option<Vec<Var>>], grads: &[Src], shapes: &[&[usize]]) -> Result<()> {
@@ -200,7 +212,7 @@ struct UpdateParts<'a> {
 unsafe impl Send for UpdateParts<'_> {}
 unsafe impl Sync for UpdateParts<'_> {}
 
-/// `update_slices`' update split into chunks across the spinning team. Every optimizer rule is
+/// `update_src`'s update split into chunks across the spinning team. Every optimizer rule is
 /// elementwise, so each element gets the same arithmetic whichever thread runs its chunk:
 /// results do not depend on the thread count. None (the caller updates serially) when a buffer
 /// appears twice among the parameters and states, whose write guards could not all be held.
@@ -441,9 +453,24 @@ impl TrainStep {
     /// Every optimizer call, as `run` applies it to a parameter it does not fuse, with each
     /// parameter's gradient read from its slice of `flat` (the layout `grads_into` writes).
     pub fn update_from(&self, flat: &[f32], calls: &[Call]) -> Result<()> {
+        self.update_from_sum(&[flat], calls)
+    }
+
+    /// `update_from` with the gradient the elementwise sum of `flats` (each in the layout
+    /// `grads_into` writes), added in list order as the update reaches each block: the
+    /// data-parallel ranks of one machine each write their gradients into shared memory and every
+    /// rank updates from all of them, with no all-reduce and no pass writing the sum.
+    pub fn update_from_sum(&self, flats: &[&[f32]], calls: &[Call]) -> Result<()> {
         self.check_calls(calls)?;
-        let offsets = self.flat_offsets("update_from", flat.len())?;
-        let grads: Vec<&[f32]> = offsets.windows(2).map(|w| &flat[w[0]..w[1]]).collect();
+        if flats.is_empty() {
+            bail!(Value, "TrainStep.update_from: no gradient buffer");
+        }
+        let mut offsets = Vec::new();
+        for f in flats {
+            offsets = self.flat_offsets("update_from", f.len())?;
+        }
+        let per: Vec<Vec<&[f32]>> = offsets.windows(2).map(|w| flats.iter().map(|f| &f[w[0]..w[1]]).collect()).collect();
+        let grads: Vec<Src> = per.iter().map(|g| if g.len() == 1 { Src::Slice(g[0]) } else { Src::Sum(g) }).collect();
         let shapes: Vec<Vec<usize>> = self.params.iter().map(|p| p.shape()).collect();
         let shapes: Vec<&[usize]> = shapes.iter().map(|s| s.as_slice()).collect();
         self.update_unfused(calls, &vec![false; self.params.len()], &grads, &shapes)
@@ -507,7 +534,7 @@ impl TrainStep {
 
     /// Apply every call's rule to its parameters that are not `fused`, parameter `i`'s gradient
     /// being `grads[i]` of shape `shapes[i]` (indexed by parameter; fused entries are unused).
-    fn update_unfused(&self, calls: &[Call], fused: &[bool], grads: &[&[f32]], shapes: &[&[usize]]) -> Result<()> {
+    fn update_unfused(&self, calls: &[Call], fused: &[bool], grads: &[Src], shapes: &[&[usize]]) -> Result<()> {
         for c in calls {
             let plain: Vec<usize> = c.params.iter().copied().filter(|&i| !fused[i]).collect();
             if plain.is_empty() {
@@ -516,12 +543,12 @@ impl TrainStep {
             let ps: Vec<Var> = plain.iter().map(|&i| self.params[i].clone()).collect();
             let pos: Vec<usize> = plain.iter().map(|&i| c.params.iter().position(|&j| j == i).unwrap()).collect();
             let states: Vec<Option<Vec<Var>>> = c.states.iter().map(|s| s.as_ref().map(|s| pos.iter().map(|&k| s[k].clone()).collect())).collect();
-            let gs: Vec<&[f32]> = plain.iter().map(|&i| grads[i]).collect();
+            let gs: Vec<Src> = plain.iter().map(|&i| grads[i]).collect();
             let ss: Vec<&[usize]> = plain.iter().map(|&i| shapes[i]).collect();
             if ops::profile::enabled() {
-                ops::profile::timed_shapes("optimizer_update", &ss, || update_slices(&c.rule, &ps, &states, &gs, &ss))
+                ops::profile::timed_shapes("optimizer_update", &ss, || update_src(&c.rule, &ps, &states, &gs, &ss))
             } else {
-                update_slices(&c.rule, &ps, &states, &gs, &ss)
+                update_src(&c.rule, &ps, &states, &gs, &ss)
             }?;
         }
         Ok(())
@@ -597,10 +624,10 @@ impl TrainStep {
             }
         };
         self.replay(inputs, &skip, &deferred, &mut inline_update, None, |loss, vals| {
-            let (mut grads, mut shapes): (Vec<&[f32]>, Vec<&[usize]>) = (Vec::new(), Vec::new());
+            let (mut grads, mut shapes): (Vec<Src>, Vec<&[usize]>) = (Vec::new(), Vec::new());
             for i in 0..self.params.len() {
                 let g = if fused[i] { None } else { Some(vals[self.prog.outputs[self.grad_out[i]]].as_ref().expect("program output missing")) };
-                grads.push(g.map_or(&[][..], |g| g.data()));
+                grads.push(Src::Slice(g.map_or(&[][..], |g| g.data())));
                 shapes.push(g.map_or(&[][..], |g| g.shape.as_slice()));
             }
             self.update_unfused(calls, &fused, &grads, &shapes)?;
