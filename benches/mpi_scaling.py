@@ -3,11 +3,16 @@
     python benches/mpi_scaling.py                  # both runs, the all-reduce cost, the paper estimate
     python benches/mpi_scaling.py --batch 256 --steps 40 --repeats 3
     python benches/mpi_scaling.py --bucket-mb 0.25      # also: buckets sent during the backward
+    python benches/mpi_scaling.py --vs-allreduce        # also: one MPI all-reduce instead of shared memory
 
 The model is the MLP 784-256-256-10 (relu, softmax cross-entropy) on random data, trained by
 ``bg.compile_step``. One rank uses the plain compiled step (the fastest single-process path, with
 its fused SGD epilogue); two ranks use ``compile_step(..., distributed=True)``: per step, forward +
-backward into one flat gradient buffer, one all-reduce of it (1.08 MB), the update. Every rank
+backward into one flat gradient buffer (1.08 MB), its exchange, the update. On one machine the
+exchange is the default's: each rank's buffer is its slot in an MPI shared-memory window, one
+barrier, and the update adds both ranks' slots as it reads them; ``--vs-allreduce`` also times, in
+the same processes and alternating with it, the step that all-reduces the buffer instead
+(``BATCHGRAD_MPI_SHARED=0``). Every rank
 has ``BATCHGRAD_NUM_THREADS=1`` and its own per-rank batch, so 2 ranks process twice the examples
 per step. A step's time is rank 0's wall time between steps (the ranks are in lock-step through
 the all-reduce); examples/s = ranks x per-rank batch / median step time.

@@ -329,14 +329,15 @@ def test_split_step_flat_buffer_errors():
     assert np.isfinite(ts.grads_into(ins, flat)) and np.any(flat != 0)
 
 
-@pytest.mark.parametrize("opt_cls,kw", [(optim.SGD, {"lr": 0.1}), (optim.SGD, {"lr": 0.1, "momentum": 0.9, "nesterov": True}),
+@pytest.mark.parametrize("opt_cls,kw", [(optim.SGD, {"lr": 0.1}), (optim.SGD, {"lr": 0.1, "maximize": True}),
+                                         (optim.SGD, {"lr": 0.1, "momentum": 0.9, "nesterov": True}),
                                          (optim.Adam, {"lr": 1e-2, "weight_decay": 0.01})],
-                         ids=["sgd", "sgd-nesterov", "adam"])
+                         ids=["sgd", "sgd-maximize", "sgd-nesterov", "adam"])
 @pytest.mark.parametrize("k", [2, 3])
 def test_update_from_a_list_adds_the_buffers_in_order_bitwise(opt_cls, kw, k):
     """update_from([g0, g1, ...]) (the ranks' gradients in shared memory) is update_from of
-    ((g0 + g1) + g2) summed by numpy, bit for bit; the 200 x 100 weight crosses the update's
-    16k-float blocks."""
+    ((g0 + g1) + g2) summed by numpy, bit for bit: plain SGD on two buffers in one pass, the
+    other cases block by block; the 200 x 100 weight crosses the update's 16k-float blocks."""
     r = np.random.default_rng(5)
     X, y = bg.tensor(r.normal(size=(4, 200))), bg.tensor(r.integers(0, 4, 4).astype(np.float32))
     ms, steps = [], []

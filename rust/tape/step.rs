@@ -99,14 +99,35 @@ fn apply_src(rule: &Rule, p: &mut [f32], g: Src, start: usize, s: &mut [Option<&
             None => apply_outer_blocks(rule, p, o, start, s),
         },
         Src::Sum([g]) => rule.apply(p, &g[start..start + p.len()], s),
-        Src::Sum(gs) => apply_blocks(rule, p, s, |off, buf| {
-            let (a, n) = (start + off, buf.len());
-            buf.copy_from_slice(&gs[0][a..a + n]);
-            for g in &gs[1..] {
-                buf.iter_mut().zip(&g[a..a + n]).for_each(|(d, &v)| *d += v);
-            }
-        }),
+        Src::Sum(&[g0, g1]) if rule.plain_sgd_factor().is_some() => {
+            // plain SGD on two ranks' gradients: `p + beta (g0 + g1)`, one pass, the sum never stored
+            let (beta, n) = (rule.plain_sgd_factor().unwrap(), p.len());
+            let (g0, g1) = (&g0[start..start + n], &g1[start..start + n]);
+            crate::kernels::simd::dispatch(#[inline(always)] move || {
+                for i in 0..n {
+                    p[i] += beta * (g0[i] + g1[i]);
+                }
+            })
+        }
+        Src::Sum(gs) => apply_blocks(rule, p, s, |off, buf| sum_into(buf, gs, start + off)),
     }
+}
+
+/// `buf = ((gs[0] + gs[1]) + gs[2]) ...`, elements `a..a + buf.len()` of each.
+fn sum_into(buf: &mut [f32], gs: &[&[f32]], a: usize) {
+    let n = buf.len();
+    crate::kernels::simd::dispatch(#[inline(always)] move || {
+        let (g0, g1) = (&gs[0][a..a + n], &gs[1][a..a + n]);
+        for i in 0..n {
+            buf[i] = g0[i] + g1[i];
+        }
+        for g in &gs[2..] {
+            let g = &g[a..a + n];
+            for i in 0..n {
+                buf[i] += g[i];
+            }
+        }
+    })
 }
 
 /// `rule` applied block by block (`OUTER_BLOCK` floats, in L2), `fill(off, buf)` writing the
