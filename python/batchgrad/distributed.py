@@ -349,8 +349,9 @@ class GradientReducer:
     the same numbers in the same order, so all get the same bits: the sum of two ranks is the
     all-reduce's bit for bit. Each rank has two slots and alternates between them each round, so
     one barrier per round suffices: a slot is written again only two rounds later, after a
-    barrier no rank passes before it has read it. MLP 784-256-256-10, 2 ranks x 1 thread, batch
-    256 per rank, the same processes alternating: see ``benches/RESULTS.md``.
+    barrier no rank passes before it has read it. The window lives until MPI is finalized (freeing
+    it is a collective, which a garbage collector cannot time). MLP 784-256-256-10, 2 ranks x 1
+    thread, batch 256 per rank, the same processes alternating: see ``benches/RESULTS.md``.
     """
 
     def __init__(self, shapes: list[tuple[int, ...]], n_stats: int = 0, world: World | None = None,
