@@ -56,7 +56,7 @@ class CompiledStep:
                 raise ValueError("compile_step: bucket_mb applies to distributed=True only")
             if isinstance(bucket_mb, bool) or not isinstance(bucket_mb, (int, float)) or not bucket_mb >= 0 \
                     or bucket_mb == float("inf"):
-                raise ValueError(f"compile_step: bucket_mb must be a finite number >= 0 (0: one all-reduce per step), "
+                raise ValueError(f"compile_step: bucket_mb must be a finite number >= 0 (0: one exchange per step), "
                                  f"got {bucket_mb!r}")
         self.model, self.loss_fn, self.optimizer, self.device = model, loss_fn, optimizer, device
         self.params = [p for g in optimizer.param_groups for p in g["params"]]
@@ -136,8 +136,9 @@ class CompiledStep:
         return self.step_for(X, y).run([X._v, y._v], self._calls())
 
     def _distributed(self, X: Tensor, y: Tensor) -> float:
-        """Forward + backward into the reducer's flat buffer (one Rust call), one all-reduce of
-        it, then the update from it (one Rust call); returns the loss of all ranks' examples."""
+        """Forward + backward into the reducer's flat buffer (one Rust call), one exchange of it
+        (an all-reduce, or on one machine a barrier over shared memory), then the update from the
+        sum (one Rust call); returns the loss of all ranks' examples."""
         red = self.reducer
         n = int(X.shape[0]) if X.ndim else 1
         err, loss = None, 0.0
@@ -184,18 +185,21 @@ def compile_step(model: Any, loss_fn: Callable[[Tensor, Tensor], Tensor], optimi
 
     ``distributed=True`` (CPU) makes it a data-parallel step over the ranks of
     `bg.distributed.init()`: rank 0's parameters are broadcast when the step is made, and each
-    call replays forward + backward into one flat gradient buffer, all-reduces it (weighted by
-    each rank's batch size), then applies the update from it, so every rank takes the step of
+    call replays forward + backward into one flat gradient buffer, sums it over the ranks
+    (weighted by each rank's batch size), then applies the update from the sum, so every rank takes the step of
     the union of all ranks' batches; it returns that union's loss. No matmul epilogue fusion
     (the update needs the summed gradient).
 
     ``bucket_mb`` (distributed only) overlaps the all-reduce with the backward: the gradients are
     cut, from the last parameter back, into buckets of about that many MiB, and each bucket is
-    all-reduced by a communication thread as soon as the backward has finished it. ``0`` sends
-    one all-reduce per step after the backward. The default (None) is 1 MiB buckets when the
-    ranks span several machines and one all-reduce when they share one (there the all-reduce is
-    a copy through shared memory that needs the cores the backward is using). The results are
-    the same bits either way.
+    all-reduced by a communication thread as soon as the backward has finished it. ``0`` sums
+    once per step after the backward: on one machine through shared memory (each rank's buffer
+    is its slot in an MPI shared-memory window, one barrier, and the update adds every rank's
+    slot as it reads them; ``BATCHGRAD_MPI_SHARED=0`` takes an all-reduce instead), across
+    machines with one all-reduce. The default (None) is 1 MiB buckets when the ranks span
+    several machines and ``0`` when they share one (there an all-reduce is a copy through
+    shared memory that needs the cores the backward is using). With two ranks the results are
+    the same bits every way.
     """
     step = CompiledStep(model, loss_fn, optimizer, device, distributed, bucket_mb)
     if example_batch is not None:

@@ -307,8 +307,9 @@ def _assign(params: list[Any], flat: np.ndarray) -> None:
 
 
 class GradientReducer:
-    """Sums the gradients of all ranks in one all-reduce of one flat float32 buffer per optimizer
-    step (or a few, with buckets: see below), weighted by each rank's examples, and shares failures.
+    """Sums the gradients of all ranks in one exchange of one flat float32 buffer per optimizer
+    step (an all-reduce, a few with buckets, or on one machine a barrier over shared memory: see
+    below), weighted by each rank's examples, and shares failures.
 
     Each step every rank calls :meth:`reduce` once. The buffer holds first the step's metadata:
     ``stats`` (sums such as the loss and correct predictions), one slot per rank holding its

@@ -179,7 +179,8 @@ def fit(
         distributed: data-parallel training over the ranks of :func:`batchgrad.distributed.init`
             (MPI; a 1-process world trains as without it). Rank 0's parameters are broadcast
             first; each optimizer step's gradients (after all ``accumulate`` micro-batches) are
-            summed over the ranks in one all-reduce of one flat buffer, weighted by each rank's
+            summed over the ranks in one exchange of one flat buffer (an all-reduce, or on one
+            machine a barrier over MPI shared memory), weighted by each rank's
             examples, so every rank takes the step of one batch of all ranks' examples. Give
             each rank its shard with :class:`batchgrad.distributed.DistributedSampler`. The
             history (losses, accuracies, validation metrics) is of all ranks together; only rank
@@ -364,7 +365,7 @@ def _group_grads(model: Any, loss_fn: Any, optimizer: Any, group: list, reductio
 def _distributed_group(model: Any, loss_fn: Any, optimizer: Any, it: Any, accumulate: int, reduction: str,
                        reducer: Any, epoch: int, step: int, history: History) -> tuple[float, int, int, int, bool] | None:
     """One optimizer step's gradients on this rank, summed over all ranks by ``reducer`` (one
-    all-reduce); None when every rank's loader is exhausted. An exception on any rank (also a
+    exchange); None when every rank's loader is exhausted. An exception on any rank (also a
     non-finite loss, or a loader with fewer batches than the others') is raised on every rank as a
     DistributedError before any parameter changes."""
     params = [p for g in optimizer.param_groups for p in g["params"]]
