@@ -8,6 +8,7 @@ a missing mpirun or mpi4py fails instead of skipping (.ci/run installs Open MPI 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -278,13 +279,17 @@ def test_a_killed_rank_stops_the_job(tmp_path):
     assert "FINISHED" not in text
 
 
-def test_a_hung_rank_times_out_and_aborts_the_job(tmp_path):
+@pytest.mark.parametrize("shared", ["1", "0"])
+def test_a_hung_rank_times_out_and_aborts_the_job(tmp_path, shared):
     t0 = time.perf_counter()
-    res = mpirun(2, "fail-hang", tmp_path / "f", timeout=120, env={"WORKER_TIMEOUT": "3"})
+    res = mpirun(2, "fail-hang", tmp_path / "f", timeout=120, env={"WORKER_TIMEOUT": "3", "BATCHGRAD_MPI_SHARED": shared})
     text = _wait_all(res)
     assert res.returncode != 0
     assert time.perf_counter() - t0 < 60, "the collective should time out after 3 s"
     assert "rank 0/2:" in text and "did not complete within 3 s" in text, text
+    how = "exchange through shared memory" if shared == "1" else "all-reduce"
+    assert re.search(rf"gradient {how} \(step \d+\) of \d+ float32 values did not complete" if shared == "0"
+                     else rf"gradient {how} \(step \d+\) did not complete", text), text
     assert "FINISHED" not in text
 
 

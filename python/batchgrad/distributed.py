@@ -559,7 +559,8 @@ class GradientReducer:
         w, buf = self.world, self.buf
         W, self.step = w.size, self.step + 1
         ok = error is None and has_batch
-        what = f"gradient all-reduce (step {self.step})"
+        how = "all-reduce" if self._win is None else "exchange through shared memory"
+        what = f"gradient {how} (step {self.step})"
         try:
             if ok:
                 fill(1.0 / W if mean else 1.0, False)
@@ -601,7 +602,7 @@ class GradientReducer:
             if ok:
                 fill(n / total, True)
             self.buf[: self.n_meta] = 0.0
-            what = f"gradient all-reduce (step {self.step}, unequal batches {c.tolist()})"
+            what = f"gradient {how} (step {self.step}, unequal batches {c.tolist()})"
             if self._win is None:
                 allreduce_(self.buf, "sum", w, what)
             else:
