@@ -409,16 +409,15 @@ class GradientReducer:
         them want to and are on one machine), and if so allocate the window: two slots per rank
         (rounds alternate between them), each the size of :attr:`buf`. A collective."""
         w, MPI = self.world, _mpi()
-        node = w.comm.Split_type(MPI.COMM_TYPE_SHARED, key=w.rank)
-        here = node.Get_size()
-        flags = np.array([1 if want else 0, 1 if here == w.size else 0], np.int64)
-        allreduce_(flags, "min", w, "shared-memory check")
-        if not flags.all():
-            node.Free()
-            if forced and flags[0]:
-                raise ValueError(f"GradientReducer: shared=True needs all {w.size} ranks on one machine "
-                                 "(some machine has fewer)")
+        every = np.array([1 if want else 0], np.int64)
+        allreduce_(every, "min", w, "shared-memory check")
+        if not every[0]:
             return
+        if spans_nodes(w):
+            if forced:
+                raise ValueError(f"GradientReducer: shared=True needs all {w.size} ranks on one machine")
+            return
+        node = w.comm.Split_type(MPI.COMM_TYPE_SHARED, key=w.rank)
         n = self.buf.size
         info = MPI.Info.Create()
         info.Set("alloc_shared_noncontig", "true")  # each rank's slots page-aligned, near its own core
@@ -474,7 +473,7 @@ class GradientReducer:
 
     @property
     def meta(self) -> np.ndarray:
-        """The metadata part of the buffer (stats, per-rank counts, failure flag)."""
+        """The metadata part of this rank's buffer (stats, per-rank counts, failure flag)."""
         return self.buf[: self.n_meta]
 
     @property
@@ -569,7 +568,7 @@ class GradientReducer:
                     a, e = self._span(b)
                     buf[a:e] = 0.0
             self._finish_buckets()
-            meta = buf[: self.n_meta]
+            meta = self.meta
             meta[:] = 0.0
             if stats is not None:
                 meta[: self.n_stats] = np.asarray(stats, np.float32)
@@ -601,7 +600,7 @@ class GradientReducer:
         if mean and total > 0 and (c != c[0]).any():  # unequal batches: weight each rank by n / N
             if ok:
                 fill(n / total, True)
-            self.buf[: self.n_meta] = 0.0
+            self.meta[:] = 0.0
             what = f"gradient {how} (step {self.step}, unequal batches {c.tolist()})"
             if self._win is None:
                 allreduce_(self.buf, "sum", w, what)
